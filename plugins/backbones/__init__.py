@@ -1,0 +1,10 @@
+"""Backbones with named stages: ResNet teachers, MobileNetV2 and VoVNet students (registered kind ``backbone``)."""
+
+from __future__ import annotations
+
+from ._base import STAGES, Backbone, ClassifierHead, count_macs
+from . import resnet  # noqa: F401  (registers)
+from . import mobilenetv2  # noqa: F401  (registers)
+from . import vovnet  # noqa: F401  (registers)
+
+__all__ = ["STAGES", "Backbone", "ClassifierHead", "count_macs"]

@@ -1,0 +1,1 @@
+"""Entropic Student: split computing with a learned entropy bottleneck."""

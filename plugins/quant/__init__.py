@@ -1,0 +1,1 @@
+"""Quantized (INT8/INT4) and binarized students."""

@@ -1,0 +1,1 @@
+"""Torch-free runtime: backends, DeviceEncoder, DeviceModel, ServerDecoder, HTTP service."""

@@ -1,0 +1,35 @@
+"""edgesplit: put vision models on edge devices (torch-free core).
+
+Importing this package never imports torch; training lives in ``edgesplit.train`` and the plugins.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BackendUnavailable,
+    BitstreamError,
+    BundleError,
+    ConfigError,
+    DataError,
+    EdgesplitError,
+    ExportError,
+    PluginError,
+)
+from .registry import available, create, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "EdgesplitError",
+    "ConfigError",
+    "PluginError",
+    "BitstreamError",
+    "BundleError",
+    "ExportError",
+    "DataError",
+    "BackendUnavailable",
+    "available",
+    "create",
+    "register",
+]

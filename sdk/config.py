@@ -1,0 +1,256 @@
+"""YAML recipes read with ``yaml.safe_load`` into typed, validated dataclasses.
+
+Every problem is a ``ConfigError`` naming the file and the key path (``losses[1].weight``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "load_yaml",
+    "from_dict",
+    "to_dict",
+    "ModelConfig",
+    "DataConfig",
+    "LossConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "load_train_config",
+]
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; a missing file or bad YAML is a ``ConfigError``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _where(source: str, path: str) -> str:
+    return f"{source}: {path or '<top level>'}"
+
+
+def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, source, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{_where(source, path)}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{_where(source, path)}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source=source, path=path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{_where(source, path)}: expected a list, got {type(value).__name__} {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{_where(source, path)}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, a, source, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_convert(v, item, source, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(source, path)}: expected a mapping, got {type(value).__name__} {value!r}")
+        vt = args[1] if args else Any
+        out_d = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{_where(source, path)}: keys must be strings, got {k!r}")
+            out_d[k] = _convert(v, vt, source, f"{path}.{k}" if path else k)
+        return out_d
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{_where(source, path)}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{_where(source, path)}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML 1.1 reads "5e-5" as a string; accept numeric strings for floats only
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{_where(source, path)}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{_where(source, path)}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{_where(source, path)}: unsupported field type {tp!r}")  # programming error, still typed
+
+
+def from_dict(cls: type[T], data: Any, *, source: str = "<config>", path: str = "") -> T:
+    """Validate ``data`` into dataclass ``cls``: unknown keys, wrong types and missing values are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(source, path)}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{_where(source, key)}: unknown key; known keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], source, sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ConfigError(f"{_where(source, sub)}: required key is missing")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as exc:
+            raise ConfigError(f"{_where(source, path)}: {exc}") from exc
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML/JSON-ready data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which registered component to train: ``create(kind, name, **params)``."""
+
+    name: str
+    kind: Literal["backbone", "student"] = "backbone"
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """An ImageFolder directory, its seeded validation split and the image sizes."""
+
+    root: str | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    image_size: int = 128
+    resize: int | None = None  # shorter side before the center crop; default image_size / 0.875
+    train_sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (from_epoch, size)
+    scale_min: float = 0.35
+    hflip: bool = True
+    on_error: Literal["raise", "skip"] = "raise"
+    limit_per_class: int | None = None
+
+    def validate(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("data.val_fraction must be between 0 and 1")
+        if self.image_size < 16:
+            raise ConfigError("data.image_size must be at least 16")
+        if not 0.0 < self.scale_min <= 1.0:
+            raise ConfigError("data.scale_min must be in (0, 1]")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """One term of the objective: a registered ``loss`` and its weight."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    param_lr: dict[str, float] = dataclasses.field(default_factory=dict)  # module-name prefix -> lr
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    name: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    step_epochs: list[int] = dataclasses.field(default_factory=list)
+    step_gamma: float = 0.1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One experiment: model, data, objective, optimizer, schedule, and optional teacher."""
+
+    name: str
+    model: ModelConfig
+    losses: list[LossConfig]
+    epochs: int
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    batch_size: int = 64
+    seed: int = 0
+    teacher: str | None = None  # checkpoint path
+    init: str | None = None  # checkpoint to start from (e.g. stage 2 from stage 1)
+    freeze: list[str] = dataclasses.field(default_factory=list)  # module-name prefixes kept frozen
+    threads: int | None = None
+    channels_last: bool = True
+    grad_clip: float | None = None
+    log_every: int = 20
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("epochs must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        if not self.losses:
+            raise ConfigError("losses must name at least one loss")
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training recipe."""
+    return from_dict(TrainConfig, load_yaml(path), source=str(path))

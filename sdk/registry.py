@@ -1,0 +1,162 @@
+"""Named components by kind, and discovery of plugins through the ``edgesplit.plugins`` entry-point group.
+
+Components register with ``@register(kind, name)`` and are built with ``create(kind, name, **params)``.
+Entry points are listed without importing them; they are imported on the first lookup that needs them,
+and a plugin that fails to import is recorded (name, distribution, cause) without hiding the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, TypeVar
+
+from .errors import PluginError
+
+__all__ = [
+    "KINDS",
+    "ENTRY_POINT_GROUP",
+    "BrokenPlugin",
+    "register",
+    "create",
+    "get",
+    "available",
+    "broken_plugins",
+    "load_plugins",
+]
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("backbone", "student", "bottleneck", "loss", "exporter", "backend", "codec")
+ENTRY_POINT_GROUP = "edgesplit.plugins"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """A plugin entry point that could not be imported."""
+
+    name: str
+    value: str
+    distribution: str
+    error: str
+
+
+_lock = threading.RLock()
+_components: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
+_origins: dict[tuple[str, str], str] = {}
+_broken: list[BrokenPlugin] = []
+_loaded_entry_points: set[str] = set()
+_discovered = False
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _components:
+        raise PluginError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
+
+
+def register(kind: str, name: str, *, override: bool = False) -> Callable[[F], F]:
+    """Register the decorated factory as component ``name`` of ``kind``.
+
+    A second registration under the same name is a ``PluginError`` unless ``override=True``.
+    """
+    _check_kind(kind)
+    if not name or not isinstance(name, str):
+        raise PluginError(f"component name must be a non-empty string, got {name!r}")
+
+    def decorator(factory: F) -> F:
+        origin = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', '?')}"
+        with _lock:
+            existing = _components[kind].get(name)
+            if existing is not None and existing is not factory and not override:
+                raise PluginError(
+                    f"{kind} {name!r} is already registered by {_origins[(kind, name)]}; "
+                    f"{origin} cannot register it again (pass override=True to replace it on purpose)"
+                )
+            _components[kind][name] = factory
+            _origins[(kind, name)] = origin
+        return factory
+
+    return decorator
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_plugins(*, force: bool = False) -> list[BrokenPlugin]:
+    """Import every plugin entry point not yet imported; returns the plugins that failed."""
+    global _discovered
+    with _lock:
+        if _discovered and not force:
+            return list(_broken)
+        for ep in _entry_points():
+            key = f"{ep.name}={ep.value}"
+            if key in _loaded_entry_points:
+                continue
+            _loaded_entry_points.add(key)
+            dist = ep.dist.name if getattr(ep, "dist", None) is not None else "?"
+            try:
+                obj = ep.load()
+                if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "__path__"):
+                    obj()  # an entry point may name a setup function instead of a module
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+                broken = BrokenPlugin(ep.name, ep.value, dist, f"{type(exc).__name__}: {exc}")
+                _broken.append(broken)
+                log.warning("edgesplit plugin %r (%s, from %s) failed to load: %s", ep.name, ep.value, dist, broken.error)
+        _discovered = True
+        return list(_broken)
+
+
+def broken_plugins() -> list[BrokenPlugin]:
+    """Plugins whose import failed, after discovery."""
+    load_plugins()
+    return list(_broken)
+
+
+def available(kind: str) -> list[str]:
+    """Sorted names of every component of ``kind``, plugins included."""
+    _check_kind(kind)
+    load_plugins()
+    return sorted(_components[kind])
+
+
+def get(kind: str, name: str) -> Callable[..., Any]:
+    """The factory registered as ``name`` of ``kind``; plugins are imported only if it is not built in."""
+    _check_kind(kind)
+    factory = _components[kind].get(name)
+    if factory is None:
+        load_plugins()
+        factory = _components[kind].get(name)
+    if factory is None:
+        names = sorted(_components[kind])
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        known = ", ".join(names) if names else "none"
+        broken = "".join(f"\n  plugin {b.name!r} ({b.distribution}) failed to load: {b.error}" for b in _broken)
+        raise PluginError(f"unknown {kind} {name!r}{hint} (known {kind}s: {known}){broken}")
+    return factory
+
+
+def create(kind: str, name: str, **params: Any) -> Any:
+    """Build component ``name`` of ``kind``; parameters given as ``None`` are dropped so defaults apply."""
+    factory = get(kind, name)
+    params = {k: v for k, v in params.items() if v is not None}
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise PluginError(f"cannot build {kind} {name!r} with parameters {sorted(params)}: {exc}") from exc
+
+
+def _reset_for_tests() -> None:
+    """Forget discovered plugins (tests fake ``entry_points``)."""
+    global _discovered
+    with _lock:
+        _discovered = False
+        _broken.clear()
+        _loaded_entry_points.clear()

@@ -1,0 +1,156 @@
+"""Checkpoints as safetensors with the model's recipe in the metadata, so ``load(path)`` rebuilds any of them.
+
+Resumable training state (optimizer, epoch, RNG) goes to a second safetensors file; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgesplit.errors import ConfigError, EdgesplitError
+from edgesplit.registry import create
+
+__all__ = ["META_KEY", "FORMAT", "save_checkpoint", "read_metadata", "load", "save_state", "load_state",
+           "atomic_write"]
+
+META_KEY = "edgesplit"
+FORMAT = 1
+
+
+class CheckpointError(EdgesplitError):
+    """A checkpoint file is missing, unreadable or not an edgesplit checkpoint."""
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` and rename the result over ``path``, so a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _state_for_checkpoint(model: nn.Module) -> dict[str, torch.Tensor]:
+    fn = getattr(model, "checkpoint_state_dict", None)
+    return fn() if fn is not None else model.state_dict()
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, model_config: dict[str, Any], labels: list[str],
+                    preprocess: dict[str, Any], extra: dict[str, Any] | None = None,
+                    dtype: torch.dtype | None = None) -> None:
+    """Write the model's weights (optionally cast, e.g. fp16 for committed weights) and recipe atomically."""
+    tensors = {}
+    for k, v in _state_for_checkpoint(model).items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {"format": FORMAT, "model": model_config, "labels": list(labels), "preprocess": preprocess,
+            **(extra or {})}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The recipe stored in a checkpoint (no tensors are read)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"{p}: not a safetensors checkpoint ({exc})") from exc
+    if META_KEY not in meta:
+        raise CheckpointError(f"{p}: safetensors file without edgesplit metadata (not written by edgesplit)")
+    try:
+        info = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{p}: corrupt edgesplit metadata ({exc})") from exc
+    if info.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: checkpoint format {info.get('format')!r}, this edgesplit reads {FORMAT}")
+    return info
+
+
+def build_model(model_config: dict[str, Any], source: str = "<checkpoint>") -> nn.Module:
+    try:
+        kind, name, params = model_config["kind"], model_config["name"], model_config.get("params", {})
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{source}: model recipe needs kind, name and params, got {model_config!r}") from exc
+    return create(kind, name, **params)
+
+
+def load(path: str | Path, *, eval_mode: bool = True) -> nn.Module:
+    """Rebuild a checkpoint's model through the registry and load its weights (float32).
+
+    The recipe is attached as ``model.edgesplit_info`` (labels, preprocessing, training metrics).
+    """
+    import edgesplit.train.losses  # noqa: F401  (registers losses some models reference)
+
+    info = read_metadata(path)
+    model = build_model(info["model"], str(path))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    loader = getattr(model, "load_checkpoint_state_dict", None)
+    try:
+        if loader is not None:
+            loader(state)
+        else:
+            model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {info['model']['name']!r}: {exc}") from exc
+    model.edgesplit_info = info  # type: ignore[assignment]
+    return model.eval() if eval_mode else model
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for idx, entry in state["state"].items():
+        plain["state"][str(idx)] = {}
+        for k, v in entry.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
+                plain["state"][str(idx)][k] = None
+            else:
+                plain["state"][str(idx)][k] = v
+    return tensors, plain
+
+
+def save_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, extra_modules: nn.Module,
+               epoch: int, info: dict[str, Any]) -> None:
+    """Everything needed to resume after ``epoch``: model + loss parameters, optimizer, counters."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"loss.{k}": v.detach().cpu().contiguous() for k, v in extra_modules.state_dict().items()})
+    opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    meta = {"epoch": epoch, "optimizer": opt_plain, **info}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
+
+
+def load_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+               extra_modules: nn.Module) -> dict[str, Any]:
+    """Restore what ``save_state`` wrote; returns its metadata (``epoch`` is the last finished epoch)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})[META_KEY])
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    extra_modules.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
+    opt = meta["optimizer"]
+    state = {}
+    for idx, entry in opt["state"].items():
+        state[int(idx)] = {k: (tensors[f"opt.{idx}.{k}"] if v is None else v) for k, v in entry.items()}
+    optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
+    return meta

@@ -6,6 +6,7 @@ Parsing is strict and bounded; every malformed input raises ``BitstreamError`` n
 from __future__ import annotations
 
 import math
+import operator
 import zlib
 from dataclasses import dataclass
 
@@ -83,14 +84,19 @@ def pack(payload: bytes, *, fingerprint: bytes, shape: tuple[int, ...], codec: s
         raise BitstreamError(
             f"fingerprint must be {FINGERPRINT_BYTES} bytes (the bundle fingerprint), got {fingerprint!r}"
         )
-    if codec not in _CODEC_BYTES:
+    if not isinstance(codec, str) or codec not in _CODEC_BYTES:
         raise BitstreamError(f"unknown codec {codec!r}; known codecs: {', '.join(sorted(_CODEC_BYTES))}")
-    dims = tuple(shape)
+    try:
+        raw = tuple(shape)
+        if any(isinstance(dim, bool) for dim in raw):
+            raise TypeError("bool is not a dim")
+        dims = tuple(operator.index(dim) for dim in raw)
+    except TypeError as exc:
+        raise BitstreamError(f"shape dims must be ints in [1, {MAX_DIM}], got {shape!r}") from exc
     if not 1 <= len(dims) <= MAX_NDIM:
         raise BitstreamError(f"shape must have 1 to {MAX_NDIM} dims, got {dims}")
-    for dim in dims:
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
-            raise BitstreamError(f"shape dims must be ints in [1, {MAX_DIM}], got {dims}")
+    if any(not 1 <= dim <= MAX_DIM for dim in dims):
+        raise BitstreamError(f"shape dims must be ints in [1, {MAX_DIM}], got {dims}")
     body = bytes(payload)
     header = b"".join(
         [

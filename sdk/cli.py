@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .errors import EdgesplitError
+from .errors import ConfigError, EdgesplitError
 
 __all__ = ["main"]
 
@@ -39,6 +39,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    target = Path(args.target)
+    if target.is_dir():
+        from .runtime_eval import evaluate_bundle  # bundles: the deployed path through a runtime backend
+
+        result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, split=args.split)
+    else:
+        from .train.evaluate import evaluate_checkpoint
+
+        if args.quality is not None and args.input_codec is None:
+            raise ConfigError("--quality needs --input-codec jpeg|webp")
+        result = evaluate_checkpoint(target, args.data, limit=args.limit, split=args.split,
+                                     input_codec=args.input_codec, quality=args.quality)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesplit", description="Put vision models on edge devices.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -55,6 +78,18 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("eval", help="top-1 (and bytes) of a checkpoint or bundle on an ImageFolder directory")
+    sp.add_argument("target", help="checkpoint (.safetensors) or bundle directory")
+    sp.add_argument("--data", required=True, help="ImageFolder directory (class sub-folders named like the model's labels)")
+    sp.add_argument("--limit", type=int, help="evaluate a seeded subset of N images")
+    sp.add_argument("--split", choices=["all", "val"], default="all",
+                    help="'val': only the checkpoint's own held-out split of --data (the training directory)")
+    sp.add_argument("--input-codec", choices=["jpeg", "webp"], help="compress each preprocessed image first")
+    sp.add_argument("--quality", type=int, help="input codec quality (1-100)")
+    sp.add_argument("--backend", default="onnxruntime", help="runtime backend for bundles")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=_cmd_eval)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

@@ -6,6 +6,7 @@ Torch-free; the coder is ``constriction``'s ANS. Values outside a table's suppor
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Mapping
 
 import constriction
@@ -93,10 +94,9 @@ def _check_offsets(offsets: Any, channels: int, support: int) -> np.ndarray:
         raise ConfigError(
             f"codec offsets must be an integer array of shape ({channels},), got {arr.dtype} {arr.shape}"
         )
-    arr = arr.astype(np.int64)
-    if (arr < _INT32_MIN).any() or (arr + support - 1 > _INT32_MAX).any():
+    if int(arr.min()) < _INT32_MIN or int(arr.max()) + support - 1 > _INT32_MAX:
         raise ConfigError("codec offsets put a table's support outside the int32 range; shift the offsets")
-    return arr
+    return arr.astype(np.int64)
 
 
 def _check_weights(weights: Any) -> np.ndarray:
@@ -108,7 +108,7 @@ def _check_weights(weights: Any) -> np.ndarray:
     if arr.shape[1] - 1 > MAX_SUPPORT:
         raise ConfigError(f"codec weights have support {arr.shape[1] - 1} > {MAX_SUPPORT}")
     arr = arr.astype(np.int64)
-    if (arr < 1).any() or (arr.sum(axis=1) != TOTAL).any():
+    if (arr < 1).any() or (arr > TOTAL).any() or (arr.sum(axis=1) != TOTAL).any():
         raise ConfigError(
             f"codec weights must be >= 1 and sum to 2^{PRECISION} per channel; the tables file is corrupted"
         )
@@ -263,7 +263,9 @@ class FactorizedCodec:
     def decode(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         """Decode payload bytes into an int32 array of ``shape``; a corrupted payload raises BitstreamError."""
         shape = self._check_shape(shape)
-        data = bytes(payload) if not isinstance(payload, bytes) else payload
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise BitstreamError(f"payload must be bytes, got {type(payload).__name__}")
+        data = bytes(payload)
         if len(data) % 4:
             raise BitstreamError(
                 f"payload has {len(data)} bytes, not a multiple of 4; it is truncated or not a {CODEC_ID} payload"
@@ -309,8 +311,8 @@ class FactorizedCodec:
 
     def _check_shape(self, shape: Any) -> tuple[int, ...]:
         try:
-            dims = tuple(int(d) for d in shape)
-        except (TypeError, ValueError) as exc:
+            dims = tuple(operator.index(d) for d in shape)
+        except TypeError as exc:
             raise BitstreamError(f"shape must be a tuple of ints, got {shape!r}") from exc
         if not dims or dims[0] != self.num_channels or any(d < 1 for d in dims):
             raise BitstreamError(

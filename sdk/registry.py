@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("backbone", "student", "bottleneck", "loss", "exporter", "backend", "codec")
 ENTRY_POINT_GROUP = "edgesplit.plugins"
+# torch-free modules of the core whose components register on import, like a plugin's
+_BUILTIN_MODULES: tuple[str, ...] = ("edgesplit.codec", "edgesplit.runtime.backends")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,6 +97,12 @@ def load_plugins(*, force: bool = False) -> list[BrokenPlugin]:
     with _lock:
         if _discovered and not force:
             return list(_broken)
+        for module in _BUILTIN_MODULES:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:  # a missing optional dependency, not a module still to be written
+                    log.warning("edgesplit built-in %s failed to load: %s", module, exc)
         for ep in _entry_points():
             key = f"{ep.name}={ep.value}"
             if key in _loaded_entry_points:

@@ -165,6 +165,8 @@ class Trainer:
             params.setdefault("teacher", cfg.teacher)
         self.model_config = {"kind": cfg.model.kind, "name": cfg.model.name, "params": params}
         self.model = build_model(self.model_config, self.source)
+        # a model may resolve its recipe (e.g. record the teacher file's hash); checkpoints store what it reports
+        self.model_config["params"] = dict(getattr(self.model, "recipe_params", params))
         if cfg.init:
             init = load(cfg.init, eval_mode=False)
             missing, unexpected = self.model.load_state_dict(init.state_dict(), strict=False)
@@ -188,6 +190,7 @@ class Trainer:
         self.student_keys = set().union(*(l.student_keys for l in self.losses))
         self.teacher_keys = set().union(*(l.teacher_keys for l in self.losses))
         self.optimizer = self._optimizer()
+        self.set_progress = getattr(self.model, "set_progress", None)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optimizer
@@ -261,6 +264,8 @@ class Trainer:
                 factor = _lr_factor(cfg, step, steps_per_epoch)
                 for g in self.optimizer.param_groups:
                     g["lr"] = g["initial_lr"] * factor
+                if self.set_progress is not None:  # estimators whose shape follows training progress (ReSTE)
+                    self.set_progress(step / (cfg.epochs * steps_per_epoch))
                 x, y = to_input(xb, self.spec, cfg.channels_last), torch.from_numpy(yb)
                 s_out = model_outputs(self.model, x, self.student_keys)
                 t_out = None
@@ -282,9 +287,9 @@ class Trainer:
                 img_s = n_seen / max(1e-9, time.time() - t0)
                 bar.update(1, loss=f"{run_loss / n_seen:.3f}", img_s=f"{img_s:.0f}")
                 if i % cfg.log_every == 0:
-                    self._log({"event": "step", "epoch": epoch + 1, "step": i, "loss": float(loss),
+                    self._log({"event": "step", "epoch": epoch + 1, "step": i, "loss": float(loss.detach()),
                                "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": round(img_s, 1),
-                               "terms": {lc.name: float(t) for lc, t in zip(cfg.losses, terms)}})
+                               "terms": {lc.name: float(t.detach()) for lc, t in zip(cfg.losses, terms)}})
             bar.close()
             val = evaluate_cache(self.model, self.val_cache, self.spec, channels_last=cfg.channels_last)
             epoch_time = time.time() - t0

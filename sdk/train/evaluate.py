@@ -1,0 +1,131 @@
+"""``edgesplit eval`` on a checkpoint: top-1 on an ImageFolder directory, optionally through a JPEG/WebP input codec
+(the input-compression baseline), and for split students the real bitstream path with its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from edgesplit.data import ImageFolder, stratified_split
+from edgesplit.errors import ConfigError, DataError
+from edgesplit.preprocess import Preprocess, eval_crop
+
+from .checkpoint import load
+from .engine import to_input
+
+__all__ = ["INPUT_CODECS", "compress_image", "select_indices", "evaluate_checkpoint", "file_fingerprint"]
+
+INPUT_CODECS = ("jpeg", "webp")
+
+
+def compress_image(crop: np.ndarray, codec: str, quality: int) -> tuple[np.ndarray, int]:
+    """Encode a uint8 HxWx3 crop with Pillow at ``quality``; return the decoded image and the encoded size."""
+    if codec not in INPUT_CODECS:
+        raise ConfigError(f"unknown input codec {codec!r}; choose one of {', '.join(INPUT_CODECS)}")
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"input codec quality must be 1..100, got {quality}")
+    buf = io.BytesIO()
+    opts: dict[str, Any] = {"quality": quality}
+    if codec == "jpeg":
+        opts["subsampling"] = 2  # 4:2:0, what cameras and browsers send
+    else:
+        opts["method"] = 4
+    Image.fromarray(crop, "RGB").save(buf, format=codec.upper(), **opts)
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as im:
+        decoded = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return decoded, len(data)
+
+
+def file_fingerprint(path: str | Path) -> bytes:
+    """8 bytes identifying a checkpoint or bundle file (sha256 prefix)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.digest()[:8]
+
+
+def select_indices(dataset: ImageFolder, split: str, info: dict[str, Any], limit: int | None) -> np.ndarray:
+    """All images, or the checkpoint's own held-out split (``split='val'``); ``limit`` keeps a seeded subset."""
+    idx = np.arange(len(dataset))
+    if split == "val":
+        data_cfg = info.get("train_config", {}).get("data", {})
+        frac, seed = data_cfg.get("val_fraction", 0.1), data_cfg.get("split_seed", 0)
+        idx = stratified_split(dataset.labels, frac, seed)[1]
+    elif split != "all":
+        raise ConfigError(f"unknown split {split!r}; choose 'all' or 'val'")
+    if limit is not None and limit < len(idx):
+        idx = np.sort(np.random.default_rng(0).permutation(idx)[:limit])
+    return idx
+
+
+def _batches(dataset: ImageFolder, idx: np.ndarray, spec: Preprocess, batch_size: int, codec: str | None,
+             quality: int | None) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
+    for start in range(0, len(idx), batch_size):
+        crops, labels, sizes = [], [], []
+        for i in idx[start:start + batch_size]:
+            crop = eval_crop(dataset.samples[int(i)].path, spec)
+            if codec is not None:
+                crop, n = compress_image(crop, codec, int(quality or 75))
+                sizes.append(n)
+            crops.append(crop)
+            labels.append(dataset.samples[int(i)].label)
+        yield np.stack(crops), np.asarray(labels), sizes
+
+
+@torch.no_grad()
+def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None = None, split: str = "all",
+                        input_codec: str | None = None, quality: int | None = None,
+                        batch_size: int = 64) -> dict[str, Any]:
+    """Evaluate a checkpoint; split students go image by image through symbols -> codec -> bitstream -> decode."""
+    from edgesplit import bitstream
+
+    if input_codec is not None and input_codec not in INPUT_CODECS:
+        raise ConfigError(f"unknown input codec {input_codec!r}; choose one of {', '.join(INPUT_CODECS)}")
+    model = load(path)
+    info = model.edgesplit_info  # type: ignore[attr-defined]
+    spec = Preprocess.from_dict(info["preprocess"])
+    dataset = ImageFolder(data, classes=info["labels"])
+    idx = select_indices(dataset, split, info, limit)
+    if len(idx) == 0:
+        raise DataError(f"{data}: no images selected")
+    is_split = hasattr(model, "encode_symbols")
+    codec = model.codec() if is_split else None  # type: ignore[operator]
+    fingerprint = file_fingerprint(path)
+    correct, n, input_bytes, payload_bytes, info_bits = 0, 0, [], [], []
+    t0 = time.time()
+    for xb, yb, sizes in _batches(dataset, idx, spec, batch_size, input_codec, quality):
+        x = to_input(xb, spec)
+        if is_split:
+            symbols = model.encode_symbols(x).numpy()  # type: ignore[operator]
+            decoded = []
+            for s in symbols:
+                frame = bitstream.pack(codec.encode(s), fingerprint=fingerprint, shape=s.shape, codec=codec.codec_id)
+                payload_bytes.append(len(frame))
+                info_bits.append(codec.information_bits(s))
+                f = bitstream.unpack(frame, expected_fingerprint=fingerprint)
+                decoded.append(codec.decode(f.payload, f.shape))
+            logits = model.decode_symbols(torch.from_numpy(np.stack(decoded)))  # type: ignore[operator]
+        else:
+            logits = model(x)
+        correct += int((logits.argmax(1).numpy() == yb).sum())
+        n += len(yb)
+        input_bytes.extend(sizes)
+    result: dict[str, Any] = {"target": str(path), "data": str(data), "split": split, "images": n, "top1": correct / n,
+                              "seconds": round(time.time() - t0, 2)}
+    if input_codec is not None:
+        result.update({"input_codec": input_codec, "quality": quality, "mean_input_bytes": float(np.mean(input_bytes))})
+    if is_split:
+        result.update({"mean_payload_bytes": float(np.mean(payload_bytes)),
+                       "mean_information_bytes": float(np.mean(info_bits)) / 8.0,
+                       "latent_shape": list(symbols.shape[1:])})
+    return result

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny synthetic ImageFolder dataset and a tiny trained-from-nothing teacher checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "datasets" / "imagenette2-160" / "train"
+CLASSES = ["apple", "banana", "cherry"]
+
+
+def make_image_folder(root: Path, per_class: int = 8, size: tuple[int, int] = (72, 56), seed: int = 0) -> Path:
+    """Class-dependent colors and stripes, so a tiny model can learn them; JPEG and PNG mixed."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(CLASSES):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, size=(size[1], size[0], 3), dtype=np.uint8)
+            img[..., c] += 150
+            img[:, (i % 4)::(c + 2), :] //= 2
+            ext = ".png" if i % 2 else ".jpg"
+            Image.fromarray(img, "RGB").save(d / f"img{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")

@@ -44,7 +44,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     target = Path(args.target)
     if target.is_dir():
-        from .runtime_eval import evaluate_bundle  # bundles: the deployed path through a runtime backend
+        from .runtime.evaluate import evaluate_bundle  # bundles: the deployed path through a runtime backend
 
         result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, split=args.split)
     else:
@@ -91,12 +91,23 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_eval)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return p
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Commands that live with their subsystem (export, serve, demo); their modules import nothing heavy."""
+    import importlib
+
+    hooks = []
+    for module in ("edgesplit.export.cli", "edgesplit.runtime.cli", "edgesplit.demo"):
+        try:
+            hooks.append(importlib.import_module(module).register_cli)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return hooks
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ Width variants ``mobilenetv2_100/075/050/035``; the architecture is the paper's 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -172,11 +172,9 @@ class MobileNetV2(Backbone):
                 nn.init.zeros_(m.bias)
 
 
-def _gen_mobilenetv2(width: float, num_classes: int = 1000, drop_rate: float = 0.0, **kwargs: object) -> MobileNetV2:
+def _gen_mobilenetv2(width: float, num_classes: int = 1000, drop_rate: float = 0.0, **kwargs: Any) -> MobileNetV2:
     """MobileNetV2 of the paper (stem 32 channels, 1280 features) at channel multiplier ``width``."""
-    return MobileNetV2(
-        _MOBILENETV2_ARCH, num_classes=num_classes, width=width, drop_rate=drop_rate, **kwargs  # type: ignore[arg-type]
-    )
+    return MobileNetV2(_MOBILENETV2_ARCH, num_classes=num_classes, width=width, drop_rate=drop_rate, **kwargs)
 
 
 @register("backbone", "mobilenetv2_100")

@@ -1,0 +1,80 @@
+"""Publish a finished training run: fp16 weights under samples/weights/, its config and log beside them, and a
+results JSON under bench/results/ with top-1 (re-measured from the committed fp16 file), params, MACs and time.
+
+    python bench/publish.py runs/teacher_resnet18 --name teacher_resnet18 --data DATASET_DIR --result teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def publish(run: Path, name: str, data: str, result: str | None) -> dict:
+    from edgesplit.plugins.backbones import count_macs
+    from edgesplit.train import load, save_checkpoint
+    from edgesplit.train.evaluate import evaluate_checkpoint
+
+    weights_dir = REPO / "samples" / "weights"
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    model = load(run / "model.safetensors")
+    info = model.edgesplit_info
+    dest = weights_dir / f"{name}.safetensors"
+    extra = {k: v for k, v in info.items() if k not in ("format", "model", "labels", "preprocess")}
+    save_checkpoint(model, dest, model_config=info["model"], labels=info["labels"], preprocess=info["preprocess"],
+                    extra=extra, dtype=torch.float16)
+    shutil.copyfile(run / "config.yaml", weights_dir / f"{name}.yaml")
+    shutil.copyfile(run / "log.jsonl", weights_dir / f"{name}.log.jsonl")
+    size = info["preprocess"]["size"]
+    macs_fn = getattr(model, "macs_report", None)
+    macs = count_macs(model, torch.zeros(1, 3, size, size))
+    ev = evaluate_checkpoint(dest, data, split="val")
+    metrics = info.get("metrics", {})
+    out = {
+        "name": name,
+        "checkpoint": str(dest.relative_to(REPO)),
+        "config": str((weights_dir / f"{name}.yaml").relative_to(REPO)),
+        "log": str((weights_dir / f"{name}.log.jsonl").relative_to(REPO)),
+        "model": info["model"],
+        "top1": ev["top1"],
+        "val_images": ev["images"],
+        "top1_fp32_run": metrics.get("val_top1"),
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": macs,
+        "input_size": size,
+        "train_time_s": metrics.get("train_time_s"),
+        "epochs": metrics.get("epochs"),
+        "file_bytes": dest.stat().st_size,
+        "split": metrics.get("split"),
+        "command": f"edgesplit train {run / 'config.yaml'} --out {run} --data DATASET_DIR",
+    }
+    if macs_fn is not None:
+        out["macs_report"] = macs_fn(size)
+    if result:
+        (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
+        (REPO / "bench" / "results" / f"{result}.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="run directory written by edgesplit train")
+    ap.add_argument("--name", required=True, help="file stem under samples/weights/")
+    ap.add_argument("--data", required=True, help="the ImageFolder directory the run was trained on (its val split is used)")
+    ap.add_argument("--result", help="write bench/results/RESULT.json")
+    args = ap.parse_args()
+    out = publish(args.run, args.name, args.data, args.result)
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

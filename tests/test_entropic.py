@@ -55,12 +55,15 @@ def _x(n: int = 2, seed: int = 2) -> torch.Tensor:
     return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-def _fit_quantiles(bottleneck: EntropyBottleneck, steps: int = 300) -> None:
-    opt = torch.optim.Adam([bottleneck.quantiles], lr=2.0)
+def _fit_quantiles(bottleneck: EntropyBottleneck, steps: int = 150) -> None:
+    """What the ``aux`` loss does over a training run, in a few cheap steps (only the quantiles move)."""
+    opt = torch.optim.Adam([bottleneck.quantiles], lr=3.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         opt.zero_grad()
         bottleneck.aux_loss().backward()
         opt.step()
+        schedule.step()
 
 
 # -- bottleneck ---------------------------------------------------------------------------------------------------
@@ -101,7 +104,7 @@ def test_aux_loss_reaches_only_the_quantiles_and_likelihoods_sum_to_one() -> Non
     assert getattr(b.quantiles, "no_weight_decay", False)
 
     _fit_quantiles(b)
-    assert float(b.aux_loss()) < 3.0
+    assert float(b.aux_loss().detach()) < 0.1
     lo, k = b.support()
     assert (lo < 0).all() and k > 50
     symbols = torch.from_numpy(lo)[:, None] + torch.arange(k)[None, :]  # (C, K) integer grid per channel
@@ -137,26 +140,27 @@ def test_bottleneck_is_registered() -> None:
 
 
 # -- GDN ----------------------------------------------------------------------------------------------------------
-def test_gdn_matches_its_formula_and_igdn_inverts_it_per_channel() -> None:
+def test_gdn_and_igdn_match_their_formulas_and_keep_bounded_gradients() -> None:
     torch.manual_seed(0)
     gdn, igdn = GDN(4), IGDN(4)
     with torch.no_grad():
         gdn.gamma.add_(torch.rand(4, 4) * 0.3)
     x = torch.randn(2, 4, 5, 5)
-    beta = gdn.beta_reparam(gdn.beta)
-    gamma = gdn.gamma_reparam(gdn.gamma)
-    want = x / torch.sqrt(beta.view(1, 4, 1, 1) + torch.einsum("ij,njhw->nihw", gamma, x * x))
-    torch.testing.assert_close(gdn(x), want)
+    beta, gamma = gdn.beta_reparam(gdn.beta), gdn.gamma_reparam(gdn.gamma)
+    norm = beta.view(1, 4, 1, 1) + torch.einsum("ij,njhw->nihw", gamma, x * x)
+    torch.testing.assert_close(gdn(x), x / torch.sqrt(norm))
     assert bool((beta >= 1e-6).all()) and bool((gamma >= 0).all())
-    y = GDN(4)(x)  # diagonal init: IGDN(GDN(x)) = x exactly up to the pedestal for a 1-channel-coupled pair
-    back = igdn(y) * torch.sqrt(1 + 0.1 * x * x) / torch.sqrt(1 + 0.1 * y * y)
-    torch.testing.assert_close(back, x, atol=1e-4, rtol=1e-4)
+    inorm = 1.0 + 0.1 * x * x  # IGDN's initial beta = 1, gamma = 0.1 I
+    torch.testing.assert_close(igdn(x), x * torch.sqrt(inorm), rtol=1e-5, atol=1e-6)
+
     gdn.train()
     with torch.no_grad():
-        gdn.beta.fill_(-1.0)  # below the bound: the value is clamped, and descent can still bring it back
-    out = gdn(x).sum()
-    out.backward()
-    assert gdn.beta.grad is not None and bool((gdn.beta.grad != 0).any())
+        gdn.beta.fill_(-1.0)  # below the bound: its value is clamped to beta_min
+    gdn(x).abs().sum().backward()  # descent wants a larger beta: back into the range, so the gradient flows
+    assert gdn.beta.grad is not None and bool((gdn.beta.grad < 0).all())
+    gdn.beta.grad = None
+    (-gdn(x).abs().sum()).backward()  # descent wants beta further below the bound: no gradient
+    assert bool((gdn.beta.grad == 0).all())
 
 
 # -- student ------------------------------------------------------------------------------------------------------
@@ -170,7 +174,7 @@ def test_student_shapes_and_outputs(teacher_path: Path) -> None:
     assert out["stage2"].shape == (2, s.stage_channels["stage2"], 8, 8)
     assert out["stage3"].shape == (2, s.stage_channels["stage3"], 4, 4)
     assert out["stage4"].shape == (2, s.stage_channels["stage4"], 2, 2)
-    assert out["bits"].ndim == 0 and float(out["bits"]) > 0 and out["aux"].ndim == 0
+    assert out["bits"].ndim == 0 and float(out["bits"].detach()) > 0 and out["aux"].ndim == 0
     assert not s.tail.training and not any(p.requires_grad for p in s.tail.parameters())
     with pytest.raises(ConfigError, match="no output"):
         s.forward_train(x, keep={"stage1"})
@@ -203,10 +207,14 @@ def test_codec_round_trip_gives_the_same_logits(teacher_path: Path) -> None:
         symbols = s.encode_symbols(x)
         want = s(x)
     codec = s.codec()
+    with torch.no_grad():  # the rate the training loss sees is what the coder spends
+        bits = -torch.log2(s.bottleneck.likelihood(s.bottleneck.dequantize(symbols))).sum(dim=(1, 2, 3))
     decoded = []
     for i in range(3):
         payload = codec.encode(symbols[i].numpy())
-        assert isinstance(payload, bytes) and len(payload) > 0
+        info = codec.information_bits(symbols[i].numpy())
+        assert abs(info - float(bits[i])) < 1e-3 * info
+        assert 8 * len(payload) <= 1.01 * info + 64
         decoded.append(codec.decode(payload, tuple(symbols.shape[1:])))
     got = torch.from_numpy(np.stack(decoded))
     assert torch.equal(got, symbols)
@@ -225,19 +233,20 @@ def test_stage1_objective_decreases(teacher_path: Path) -> None:
     with torch.no_grad():
         _, t_out = teacher.forward_stages(x, keep=stages)
 
-    def objective() -> torch.Tensor:
+    def terms() -> list[torch.Tensor]:
         torch.manual_seed(5)  # the same noise each time: compare like with like
         out = s.forward_train(x, keep=keys)
-        return sum(w * l(out, t_out, y) for w, l in zip(weights, losses))
+        return [w * l(out, t_out, y) for w, l in zip(weights, losses)]
 
-    trainable = [p for p in s.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=3e-3)
-    before = float(objective())
+    opt = torch.optim.Adam([p for p in s.parameters() if p.requires_grad], lr=1e-2)
+    before = [float(t.detach()) for t in terms()]
     for _ in range(8):
         opt.zero_grad()
-        objective().backward()
+        sum(terms()).backward()
         opt.step()
-    assert float(objective()) < 0.9 * before
+    after = [float(t.detach()) for t in terms()]
+    assert after[0] + after[1] < 0.9 * (before[0] + before[1]), (before, after)  # distortion + rate
+    assert after[2] < before[2]  # the quantiles move towards their targets
 
 
 def test_checkpoint_round_trip_without_the_tail(teacher_path: Path, tmp_path: Path) -> None:
@@ -371,18 +380,6 @@ def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:
     assert a["bottleneck.quantiles"].abs().max() > 10.0  # the quantiles' own lr moved them in 3 steps
     with safe_open(str(tmp_path / "s2" / "model.safetensors"), framework="pt") as f:
         assert not [k for k in f.keys() if k.startswith("tail.")]
-
-
-@pytest.mark.xfail(strict=True, reason="engine.py does not yet record model.recipe_params in the checkpoint; "
-                                       "remove this marker once it does")
-def test_engine_records_the_teacher_hash(image_folder: Path, tmp_path: Path) -> None:
-    from edgesplit.config import TrainConfig, from_dict
-
-    teacher = str(_save_teacher(tmp_path / "teacher.safetensors", ["apple", "banana", "cherry"]))
-    cfg = from_dict(TrainConfig, {
-        "name": "s1", "model": {"kind": "student", "name": "entropic", "params": {"teacher": teacher, **SMALL}},
-        "teacher": teacher, "epochs": 1, "batch_size": 6, "threads": 1, "freeze": ["tail"],
-        "data": {"image_size": 32, "val_fraction": 0.25}, "losses": [{"name": "kd"}]})
-    train(cfg, tmp_path / "run", data_root=str(image_folder), progress=False)
-    params = read_metadata(tmp_path / "run" / "model.safetensors")["model"]["params"]
-    assert params["teacher_sha256"] == file_sha256(teacher)
+    for stage in ("s1", "s2"):  # the engine records the model's resolved recipe, teacher hash included
+        params = read_metadata(tmp_path / stage / "model.safetensors")["model"]["params"]
+        assert params["teacher_sha256"] == file_sha256(teacher) and params["bottleneck_channels"] == 8

@@ -1,1 +1,11 @@
-"""Entropic Student: split computing with a learned entropy bottleneck."""
+"""Entropic Student: split computing with a learned entropy bottleneck (registers student ``entropic`` and
+bottleneck ``factorized``)."""
+
+from __future__ import annotations
+
+from .bottleneck import EntropyBottleneck, factorized
+from .gdn import GDN, IGDN
+from .student import DeviceGraph, ServerGraph, SplitStudent, entropic, file_sha256
+
+__all__ = ["EntropyBottleneck", "factorized", "GDN", "IGDN", "SplitStudent", "DeviceGraph", "ServerGraph",
+           "entropic", "file_sha256"]

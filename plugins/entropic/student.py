@@ -1,0 +1,354 @@
+"""The Entropic Student: a small device-side encoder and entropy bottleneck replace a teacher's layers up to a cut;
+a server-side decoder rebuilds the teacher's features there and the teacher's own later stages (the tail) finish.
+
+Matsubara, Yang, Levorato, Mandt, "Supervised Compression for Resource-Constrained Edge Computing Systems"
+(WACV 2022, arXiv:2108.11898).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from edgesplit.codec import FactorizedCodec
+from edgesplit.errors import ConfigError
+from edgesplit.plugins.backbones import Backbone, count_macs
+from edgesplit.registry import register
+
+from .bottleneck import EntropyBottleneck
+from .gdn import GDN, IGDN
+
+__all__ = ["SplitStudent", "DeviceGraph", "ServerGraph", "entropic", "file_sha256"]
+
+_EXTRA_KEYS = frozenset({"logits", "bits", "aux"})
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (identifies the exact teacher a student was distilled from)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the teacher checkpoint ({exc.strerror or exc}); "
+                          "train the teacher first or fix params.teacher") from exc
+    return h.hexdigest()
+
+
+def _encoder_strides(stride: int, layers: int, cut: str) -> list[int]:
+    """Per-conv strides whose product is ``stride``: the first conv takes up to 4x, later ones 2x, the rest 1x."""
+    if stride < 1 or stride & (stride - 1):
+        raise ConfigError(f"cut {cut!r} has stride {stride}; the encoder needs a power of two")
+    strides = [min(4, stride)]
+    while stride // _prod(strides) > 1:
+        strides.append(2)
+    if len(strides) > layers:
+        raise ConfigError(f"encoder_layers={layers} cannot reach stride {stride} at cut {cut!r}; "
+                          f"use encoder_layers >= {len(strides)}")
+    return strides + [1] * (layers - len(strides))
+
+
+def _prod(values: Iterable[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, kernel, stride, padding=kernel // 2)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"entropic student: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+class SplitStudent(nn.Module):
+    """Device: ``encoder`` (strided convs + GDN, down to the teacher's resolution at ``cut``) and ``bottleneck``
+    (image -> int32 symbols). Server: ``bottleneck`` medians, ``decoder`` (convs + IGDN back to the teacher's
+    channels at ``cut``) and ``tail`` (the teacher's stages after ``cut`` and its head; symbols -> logits).
+
+    The tail is the teacher's, unchanged and never trained: it is frozen here (``requires_grad=False``, kept in eval
+    mode by :meth:`train`) and left out of :meth:`checkpoint_state_dict`, since the student's recipe rebuilds it
+    from the teacher checkpoint, whose sha256 the recipe pins. That keeps committed student weights small (0.36 M
+    parameters, ~0.7 MB in fp16, for the default recipe on ResNet-18, against ~21 MB for a fine-tuned copy of its
+    stage3+stage4+head per beta). It departs from the paper, whose second stage fine-tunes the decoder *and* the
+    tail: here stage 2 fine-tunes the decoder only.
+
+    The constructor takes ownership of ``teacher``: its stages up to ``cut`` are replaced by ``nn.Identity``.
+
+    Training stages (see ``configs/entropic_*``): stage 1 trains encoder, bottleneck and decoder with feature MSE
+    at the cut and later stages plus ``beta`` x rate (noisy bottleneck); stage 2 freezes encoder and bottleneck
+    (the engine puts frozen modules in eval mode, so the bottleneck rounds around its medians exactly as deployed)
+    and trains the decoder with KD + CE on the final logits.
+    """
+
+    def __init__(self, teacher: Backbone, cut: str = "stage2", bottleneck_channels: int = 24,
+                 encoder_channels: int = 96, decoder_channels: int = 128, encoder_layers: int = 3) -> None:
+        super().__init__()
+        strides = getattr(teacher, "stage_strides", None)
+        channels = getattr(teacher, "stage_channels", None)
+        if not isinstance(teacher, Backbone) or strides is None or channels is None:
+            raise ConfigError(f"the teacher must be a Backbone with stage_channels and stage_strides, "
+                              f"got {type(teacher).__name__}")
+        cuttable = [s for s in teacher.stage_names if s in strides and s in channels and s != "head"]
+        if cut not in cuttable:
+            raise ConfigError(f"cut {cut!r} is not a stage of the teacher; choose one of {', '.join(cuttable)}")
+        bottleneck_channels = _positive_int("bottleneck_channels", bottleneck_channels)
+        encoder_channels = _positive_int("encoder_channels", encoder_channels)
+        decoder_channels = _positive_int("decoder_channels", decoder_channels)
+        encoder_layers = _positive_int("encoder_layers", encoder_layers)
+        self.cut = cut
+        cut_channels = int(channels[cut])
+
+        enc: OrderedDict[str, nn.Module] = OrderedDict()
+        in_chs = 3
+        layer_strides = _encoder_strides(int(strides[cut]), encoder_layers, cut)
+        for i, s in enumerate(layer_strides):
+            last = i == len(layer_strides) - 1
+            out_chs = bottleneck_channels if last else encoder_channels
+            enc[f"conv{i}"] = _conv(in_chs, out_chs, 5 if s == 4 else 3, s)
+            if not last:
+                enc[f"gdn{i}"] = GDN(out_chs)
+            in_chs = out_chs
+        self.encoder = nn.Sequential(enc)
+        self.bottleneck = EntropyBottleneck(bottleneck_channels)
+        self.decoder = nn.Sequential(OrderedDict([
+            ("conv0", _conv(bottleneck_channels, decoder_channels, 3)),
+            ("igdn0", IGDN(decoder_channels)),
+            ("conv1", _conv(decoder_channels, decoder_channels, 3)),
+            ("igdn1", IGDN(decoder_channels)),
+            ("conv2", _conv(decoder_channels, cut_channels, 1)),
+        ]))
+
+        # The teacher's stages up to the cut are not part of the student; kept unregistered (not trained, not
+        # saved) only to report the teacher's cost in macs_report.
+        front = teacher.stages_between(None, cut)
+        self._teacher_front: dict[str, nn.Module] = {name: getattr(teacher, name) for name in front}
+        for name in front:
+            setattr(teacher, name, nn.Identity())
+        self.tail = teacher
+        self.tail.requires_grad_(False)
+        self.tail.eval()
+        self.tail_stages = [s for s in teacher.stages_between(cut, None) if s in channels]
+        self.stage_channels = {cut: cut_channels, **{s: int(channels[s]) for s in self.tail_stages}}
+        self.stage_strides = {cut: int(strides[cut]), **{s: int(strides[s]) for s in self.tail_stages}}
+        self.recipe_params: dict[str, Any] = {}  # filled by the registered factory: what rebuilds this model
+
+    # -- modes and weights ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> SplitStudent:
+        super().train(mode)
+        self.tail.eval()  # the teacher's BatchNorm statistics are part of the (unsaved) tail: never update them
+        return self
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """Encoder, bottleneck and decoder weights; the tail is rebuilt from the teacher checkpoint."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("tail.")}
+
+    def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`checkpoint_state_dict` output strictly (a missing or unexpected key is a RuntimeError)."""
+        expected = set(self.checkpoint_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise RuntimeError(f"student weights do not match: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                               f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                               " (tail weights come from the teacher checkpoint, not the student's)")
+        self.load_state_dict(state, strict=False)
+
+    def device_modules(self) -> dict[str, nn.Module]:
+        """What runs on the device: image -> symbols."""
+        return {"encoder": self.encoder, "bottleneck": self.bottleneck}
+
+    def server_modules(self) -> dict[str, nn.Module]:
+        """What runs on the server: symbols -> logits (the bottleneck only for its medians)."""
+        return {"bottleneck": self.bottleneck, "decoder": self.decoder, "tail": self.tail}
+
+    def device_graph(self) -> DeviceGraph:
+        """An exportable module image (N, 3, H, W) -> int32 symbols (N, C, h, w)."""
+        return DeviceGraph(self)
+
+    def server_graph(self) -> ServerGraph:
+        """An exportable module int32 symbols (N, C, h, w) -> logits."""
+        return ServerGraph(self)
+
+    # -- inference paths ---------------------------------------------------------------------------------------
+    def encode_symbols(self, x: torch.Tensor) -> torch.Tensor:
+        """Device path: image -> int32 symbols ``round(encoder(x) - median)``."""
+        return self.bottleneck.quantize_symbols(self.encoder(x))
+
+    def decode_symbols(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Server path: int32 symbols -> logits (``+ median`` inside)."""
+        features = self.decoder(self.bottleneck.dequantize(symbols))
+        return self.tail.forward_stages(features, after=self.cut)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits as deployed: device path then server path, hard rounding in every mode."""
+        return self.decode_symbols(self.encode_symbols(x))
+
+    def codec(self) -> FactorizedCodec:
+        """The entropy coder's tables for the symbols (see :meth:`EntropyBottleneck.tables`)."""
+        return self.bottleneck.tables()
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, h, w) of the symbols for an input of ``height`` x ``width``."""
+        with torch.no_grad():
+            y = self.encoder(torch.zeros(1, 3, height, width))
+        return tuple(int(d) for d in y.shape[1:])  # type: ignore[return-value]
+
+    def forward_train(self, x: torch.Tensor, keep: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+        """Training outputs: ``logits``, ``bits`` (the batch's total -log2 likelihood), ``aux`` (the bottleneck's
+        quantile loss), the decoder's output under the cut's stage name, and any tail stages in ``keep``.
+
+        The bottleneck adds noise in training mode and rounds otherwise (frozen in stage 2, or evaluation).
+        """
+        keep = set(keep)
+        unknown = keep - set(self.stage_channels) - _EXTRA_KEYS
+        if unknown:
+            raise ConfigError(f"entropic student has no output {sorted(unknown)}; it offers "
+                              f"{', '.join(sorted(set(self.stage_channels) | _EXTRA_KEYS))}")
+        y_hat, likelihoods = self.bottleneck(self.encoder(x))
+        features = self.decoder(y_hat)
+        logits, kept = self.tail.forward_stages(features, after=self.cut, keep=keep)
+        return {"logits": logits, self.cut: features, **kept,
+                "bits": -torch.log2(likelihoods).sum(), "aux": self.bottleneck.aux_loss()}
+
+    # -- cost ----------------------------------------------------------------------------------------------------
+    def macs_report(self, input_size: int = 128) -> dict[str, Any]:
+        """Multiply-accumulates (per image, GDN's normalization included) and parameters of the device side, the
+        server side and the whole teacher, at ``input_size`` x ``input_size``."""
+        modes = [(m, m.training) for m in self.modules()]
+        x = torch.zeros(1, 3, input_size, input_size)
+        try:
+            with torch.no_grad():
+                symbols = self.encode_symbols(x)
+            teacher = _TeacherView(self._teacher_front, self.tail)
+            device_macs = _macs(self.device_graph(), x)
+            server_macs = _macs(self.server_graph(), symbols)
+            teacher_macs = _macs(teacher, x)
+        finally:
+            for m, was in modes:
+                m.training = was
+        medians = self.bottleneck.channels
+        device_params = _params(self.encoder) + medians
+        server_params = _params(self.decoder) + _params(self.tail) + medians
+        teacher_params = _params(teacher)
+        return {
+            "input_size": input_size,
+            "latent_shape": list(symbols.shape[1:]),
+            "device_macs": device_macs,
+            "device_params": device_params,
+            "server_macs": server_macs,
+            "server_params": server_params,
+            "teacher_macs": teacher_macs,
+            "teacher_params": teacher_params,
+            "device_macs_fraction": device_macs / teacher_macs,
+        }
+
+
+class DeviceGraph(nn.Module):
+    """image -> int32 symbols: the graph a device runs (``round(y - median)`` is inside)."""
+
+    def __init__(self, student: SplitStudent) -> None:
+        super().__init__()
+        self.encoder = student.encoder
+        self.bottleneck = student.bottleneck
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck.quantize_symbols(self.encoder(x))
+
+
+class ServerGraph(nn.Module):
+    """int32 symbols -> logits: the graph a server runs (``+ median`` is inside)."""
+
+    def __init__(self, student: SplitStudent) -> None:
+        super().__init__()
+        self.cut = student.cut
+        self.bottleneck = student.bottleneck
+        self.decoder = student.decoder
+        self.tail = student.tail
+
+    def train(self, mode: bool = True) -> ServerGraph:
+        super().train(mode)
+        self.tail.eval()
+        return self
+
+    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
+        features = self.decoder(self.bottleneck.dequantize(symbols))
+        return self.tail.forward_stages(features, after=self.cut)[0]
+
+
+class _TeacherView(nn.Module):
+    """The whole teacher again (its front stages plus the tail), for counting its cost."""
+
+    def __init__(self, front: dict[str, nn.Module], tail: Backbone) -> None:
+        super().__init__()
+        self.front = nn.ModuleDict(front)
+        self.tail = tail
+        self.after = list(front)[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.front.values():
+            x = m(x)
+        return self.tail.forward_stages(x, after=self.after)[0]
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _macs(module: nn.Module, x: torch.Tensor) -> int:
+    """``count_macs`` plus the 1x1 convolutions inside GDN/IGDN, which it does not see."""
+    extra = 0
+
+    def gdn_hook(mod: GDN, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal extra
+        extra += int(out[0].numel()) * mod.channels
+
+    handles = [m.register_forward_hook(gdn_hook) for m in module.modules() if isinstance(m, GDN)]
+    try:
+        return count_macs(module, x) + extra
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@register("student", "entropic")
+def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, encoder_channels: int = 96,
+             decoder_channels: int = 128, encoder_layers: int = 3, num_classes: int | None = None,
+             teacher_sha256: str | None = None) -> SplitStudent:
+    """Entropic Student over the teacher checkpoint at ``teacher``, split after stage ``cut``.
+
+    ``teacher_sha256`` pins the exact teacher file (a mismatch is a ConfigError); the model's ``recipe_params``
+    carry it, filled in, so a checkpoint's recipe rebuilds the same tail or fails loudly.
+    """
+    from edgesplit.train.checkpoint import load  # torch-heavy; imported on use
+
+    digest = file_sha256(teacher)
+    if teacher_sha256 is not None and teacher_sha256.lower() != digest:
+        raise ConfigError(f"{teacher}: teacher checkpoint has sha256 {digest}, but the student recipe expects "
+                          f"{teacher_sha256}; use the teacher this student was trained with, or retrain the student")
+    model = load(teacher)
+    if not isinstance(model, Backbone):
+        raise ConfigError(f"{teacher}: the teacher must be a backbone checkpoint, got {type(model).__name__}")
+    fc = getattr(getattr(model, "head", None), "fc", None)
+    classes = int(fc.out_features) if isinstance(fc, nn.Linear) else None
+    if num_classes is not None and classes is not None and num_classes != classes:
+        raise ConfigError(f"{teacher}: the teacher predicts {classes} classes, params.num_classes is {num_classes}")
+    student = SplitStudent(model, cut=cut, bottleneck_channels=bottleneck_channels,
+                           encoder_channels=encoder_channels, decoder_channels=decoder_channels,
+                           encoder_layers=encoder_layers)
+    student.recipe_params = {
+        "teacher": str(teacher), "cut": cut, "bottleneck_channels": bottleneck_channels,
+        "encoder_channels": encoder_channels, "decoder_channels": decoder_channels,
+        "encoder_layers": encoder_layers, "num_classes": classes if num_classes is None else num_classes,
+        "teacher_sha256": digest,
+    }
+    return student

@@ -1,0 +1,104 @@
+"""A trained ``BinaryResNet`` in eval mode as plain numpy arrays, BatchNorm folded: what the OpenVINO and ONNX
+graph builders emit, so both compute the same function as the torch model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgesplit.errors import ExportError
+
+from .binary import BinaryConv2d, BinaryResNet, BiRealBlock
+
+__all__ = ["RealConv", "BinaryUnit", "Block", "LoweredNet", "lower"]
+
+
+@dataclass(frozen=True)
+class RealConv:
+    """A float convolution with BatchNorm folded into ``weight`` and ``bias``."""
+
+    weight: np.ndarray  # (O, I, kh, kw) float32
+    bias: np.ndarray  # (O,) float32
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class BinaryUnit:
+    """``bn_scale * (alpha * conv_pad-1(binarize(x - threshold), signs)) + bn_shift``."""
+
+    threshold: np.ndarray  # (I,) float32: binarize(x - threshold), i.e. +1 where x > threshold
+    signs: np.ndarray  # (O, I, kh, kw) float32 in {-1, +1}
+    alpha: np.ndarray  # (O,) float32: the binary layer's per-channel scale
+    bn_scale: np.ndarray  # (O,) float32
+    bn_shift: np.ndarray  # (O,) float32
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """``y = unit1(x) + shortcut(x)``, ``z = unit2(y) + y``; shortcut = avg pool (``pool``) then ``downsample``."""
+
+    unit1: BinaryUnit
+    unit2: BinaryUnit
+    pool: int  # average-pool kernel and stride; 1: none
+    downsample: RealConv | None
+
+
+@dataclass(frozen=True)
+class LoweredNet:
+    stem: RealConv  # 7x7/2 conv, BN folded; then ReLU and a 3x3/2 max pool (padding 1)
+    blocks: list[Block]
+    fc_weight: np.ndarray  # (classes, features)
+    fc_bias: np.ndarray
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy().copy()
+
+
+def _bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _real(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> RealConv:
+    scale, shift = _bn(bn)
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return RealConv(_np(conv.weight * scale.view(-1, 1, 1, 1)), _np(bias), int(conv.stride[0]), int(conv.padding[0]))
+
+
+def _unit(conv: BinaryConv2d, bn: nn.BatchNorm2d) -> BinaryUnit:
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1] or \
+            conv.padding[0] != conv.padding[1]:  # type: ignore[index]
+        raise ExportError(f"binary layer {conv}: only square, ungrouped, undilated convolutions are exported")
+    scale, shift = _bn(bn)
+    return BinaryUnit(_np(conv.threshold), _np(conv.binary_weight()), _np(conv.channel_scale()), _np(scale),
+                      _np(shift), int(conv.stride[0]), int(conv.padding[0]))  # type: ignore[index]
+
+
+@torch.no_grad()
+def lower(model: nn.Module) -> LoweredNet:
+    """Arrays of an eval-mode ``BinaryResNet``; any other model is an ``ExportError``."""
+    if not isinstance(model, BinaryResNet):
+        raise ExportError(f"the 1-bit exporters take a BinaryResNet (student 'binary'), got {type(model).__name__}")
+    stem_conv, stem_bn, _, pool = model.stem
+    if not (isinstance(pool, nn.MaxPool2d) and pool.kernel_size == 3 and pool.stride == 2 and pool.padding == 1):
+        raise ExportError("the binary student's stem must end in a 3x3/2 max pool with padding 1")
+    blocks = []
+    for stage in (model.stage1, model.stage2, model.stage3, model.stage4):
+        for block in stage:
+            if not isinstance(block, BiRealBlock):
+                raise ExportError(f"the 1-bit exporters take Bi-Real blocks, found {type(block).__name__}")
+            down = None
+            pool_k = 1
+            if isinstance(block.downsample, nn.Sequential):
+                down = _real(block.downsample[0], block.downsample[1])
+                pool_k = int(block.pool.kernel_size) if isinstance(block.pool, nn.AvgPool2d) else 1
+            blocks.append(Block(_unit(block.conv1, block.bn1), _unit(block.conv2, block.bn2), pool_k, down))
+    fc = model.head.fc
+    return LoweredNet(_real(stem_conv, stem_bn), blocks, _np(fc.weight), _np(fc.bias))

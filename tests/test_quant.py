@@ -1,0 +1,331 @@
+"""Quantized and binary students: estimator gradients, LSQ ranges, packed checkpoints, training steps, and the
+OpenVINO 1-bit and ONNX Runtime INT8 exports against torch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="quantized students need torch (pip install edgesplit[train])")
+
+import numpy as np  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from edgesplit import registry  # noqa: E402
+from edgesplit.config import load_train_config  # noqa: E402
+from edgesplit.errors import ConfigError  # noqa: E402
+from edgesplit.plugins.quant import (  # noqa: E402
+    BinaryConv2d,
+    BinaryResNet,
+    LsqQuantizer,
+    QConv2d,
+    QLinear,
+    binarize,
+    create_estimator,
+    pack_signs,
+    storage_report,
+    unpack_signs,
+)
+from edgesplit.plugins.quant.binary import binary_layers  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_BINARY = {"layers": [1, 1, 1, 1], "width": 0.125, "num_classes": 5}
+
+
+def _grad_of(est: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    upstream = torch.linspace(0.5, 2.0, x.numel()).view_as(x)  # nonzero, so grad / upstream is defined
+    (est(x) * upstream).sum().backward()
+    return x.grad / upstream
+
+
+# -- binarization and estimators ---------------------------------------------------------------------------
+
+def test_binarize_maps_zero_to_minus_one() -> None:
+    x = torch.tensor([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0])
+    assert binarize(x).tolist() == [-1, -1, -1, -1, 1, 1]  # torch.sign would give 0 at zero
+
+
+def test_clipped_ste_gradient() -> None:
+    x = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.7, 1.0, 1.01])
+    est = create_estimator("ste", {"clip": 1.0})
+    assert torch.equal(est(x), binarize(x))
+    assert torch.allclose(_grad_of(est, x), (x.abs() <= 1).float())
+
+
+def test_approx_sign_gradient() -> None:
+    x = torch.tensor([-1.5, -0.5, -0.1, 0.0, 0.25, 0.9, 1.2])
+    assert torch.allclose(_grad_of(create_estimator("approx_sign"), x), (2 - 2 * x.abs()).clamp_min(0))
+
+
+def test_reste_gradient_and_schedule() -> None:
+    est = create_estimator("reste", {"o_end": 3.0, "t": 1.5, "interval": 0.1})
+    est.set_progress(0.0)
+    assert est.o == 1.0
+    est.set_progress(1.0)
+    assert est.o == pytest.approx(3.0)
+    est.set_progress(0.5)
+    o = 1 + 2 * (1 - math.cos(math.pi / 4))
+    assert est.o == pytest.approx(o)
+    x = torch.tensor([-2.0, -1.5, -0.7, -0.1, -0.05, 0.0, 0.02, 0.1, 0.3, 1.2, 1.5, 1.6])
+    a = x.abs()
+    expected = torch.where(a <= 0.1, torch.full_like(a, 0.1 ** (1 / o) / 0.1), (1 / o) * a ** (1 / o - 1))
+    expected = torch.where(a <= 1.5, expected, torch.zeros_like(a))
+    assert torch.equal(est(x), binarize(x))
+    assert torch.allclose(_grad_of(est, x), expected, rtol=1e-5)
+    est.set_progress(0.0)  # o = 1: a clipped STE at t
+    assert torch.allclose(_grad_of(est, x), (a <= 1.5).float())
+
+
+def test_biper_forward_and_gradient() -> None:
+    w0 = 8.0
+    est = create_estimator("biper", {"omega0": w0})
+    x = torch.linspace(-1, 1, 41)
+    assert torch.equal(est(x), binarize(torch.sin(w0 * x)))
+    assert torch.allclose(_grad_of(est, x), w0 * torch.cos(w0 * x), atol=1e-5)
+
+
+def test_estimator_errors_name_the_problem() -> None:
+    with pytest.raises(ConfigError, match="unknown sign estimator 'nope'"):
+        create_estimator("nope")
+    with pytest.raises(ConfigError, match="reste"):
+        create_estimator("reste", {"omega0": 3})
+    with pytest.raises(ConfigError, match="learnable"):
+        BinaryConv2d(4, 4, weight_estimator=create_estimator("biper"), scale="mean_abs")
+
+
+# -- LSQ ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_weight_quantizer_range_and_rounding(bits: int) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3) * torch.linspace(0.1, 2, 6).view(-1, 1, 1, 1)
+    q = LsqQuantizer(bits, per_channel=True, channels=6, signed=True)
+    out = q(w)
+    ints = q.integers(w)
+    assert ints.min() >= -(2 ** (bits - 1)) and ints.max() <= 2 ** (bits - 1) - 1
+    assert int(ints.abs().max()) == 2 ** (bits - 1) - 1  # max init: each channel's largest |w| maps to +-Qp
+    s = q.scale.detach().view(-1, 1, 1, 1)
+    assert torch.allclose(out, ints.float() * s)
+    assert torch.allclose(out, torch.clamp(torch.round(w / s), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1) * s)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_activation_quantizer_picks_sign_from_data(bits: int) -> None:
+    relu_out = torch.relu(torch.randn(2, 4, 5, 5))
+    q = LsqQuantizer(bits)
+    q(relu_out)
+    assert not bool(q.signed) and q.bounds() == (0, 2**bits - 1)
+    assert q.integers(relu_out * 3).min() == 0 and q.integers(relu_out * 3).max() == 2**bits - 1
+    q2 = LsqQuantizer(bits)
+    q2(torch.randn(2, 4, 5, 5))
+    assert bool(q2.signed) and q2.bounds() == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def test_lsq_step_gradient() -> None:
+    q = LsqQuantizer(4, signed=True)
+    with torch.no_grad():
+        q.scale.fill_(0.5)
+        q.initialized.fill_(True)
+    x = torch.tensor([-9.0, -1.3, -0.2, 0.0, 0.6, 1.74, 2.9, 7.0])
+    x.requires_grad_(True)
+    q(x).sum().backward()
+    v = x.detach() / 0.5
+    qn, qp = -8, 7
+    ds = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), torch.round(v) - v))
+    g = 1 / math.sqrt(x.numel() * qp)
+    assert q.scale.grad.item() == pytest.approx(float(ds.sum()) * g, rel=1e-5)
+    assert torch.equal(x.grad, ((v >= qn) & (v <= qp)).float())  # STE inside the range, 0 outside
+
+
+def test_quantize_model_keeps_first_and_last_at_8_bits() -> None:
+    model = registry.create("student", "qat", backbone="resnet18", backbone_params={"width": 0.125}, weight_bits=4,
+                            act_bits=4, num_classes=3)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))]
+    assert not [n for n, m in model.named_modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear)]
+    assert layers[0][0] == "stem.0" and layers[0][1].weight_quant.bits == 8
+    assert layers[-1][0] == "head.fc" and layers[-1][1].act_quant.bits == 8
+    assert {m.weight_quant.bits for _, m in layers[1:-1]} == {4}
+
+
+# -- training steps ----------------------------------------------------------------------------------------
+
+def test_qat_training_step() -> None:
+    torch.manual_seed(0)
+    model = registry.create("student", "qat", backbone="resnet18", backbone_params={"width": 0.125}, weight_bits=4,
+                            act_bits=4, num_classes=3).train()
+    for m in model.modules():  # ResNet starts each residual branch at 0 (zero BN gain), which blocks its gradient
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    conv = model.stage2[0].conv1
+    assert conv.weight.grad.abs().sum() > 0
+    assert conv.weight_quant.scale.grad.abs().sum() > 0 and conv.act_quant.scale.grad.abs().sum() > 0
+    assert not bool(conv.act_quant.signed)  # its input comes after a ReLU
+
+
+@pytest.mark.parametrize("estimator,params", [("ste", {}), ("reste", {"o_end": 3.0}), ("biper", {"omega0": 8.0})])
+def test_binary_training_step(estimator: str, params: dict) -> None:
+    torch.manual_seed(0)
+    model = registry.create("student", "binary", estimator=estimator, estimator_params=params, **TINY_BINARY)
+    model.train()
+    model.set_progress(0.5)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    logits, kept = model.forward_stages(x, keep={"stage4"})
+    assert logits.shape == (4, 5) and kept["stage4"].shape[1] == model.stage_channels["stage4"]
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    conv = model.stage2[0].conv2
+    assert conv.weight.grad.abs().sum() > 0 and conv.threshold.grad.abs().sum() > 0
+    if conv.scale is not None:
+        assert conv.scale.grad.abs().sum() > 0
+    if estimator == "reste":
+        assert conv.weight_estimator.o == pytest.approx(1 + 2 * (1 - math.cos(math.pi / 4)))
+
+
+def test_float_student_initialises_quantized_and_binary_students() -> None:
+    """``init:`` loads the FP32 student's state dict with strict=False: nothing may be unexpected."""
+    fp32 = registry.create("backbone", "resnet18", width=0.125, num_classes=3).state_dict()
+    qat = registry.create("student", "qat", backbone="resnet18", backbone_params={"width": 0.125}, weight_bits=8,
+                          act_bits=8, num_classes=3)
+    missing, unexpected = qat.load_state_dict(fp32, strict=False)
+    assert not unexpected and all("_quant." in k for k in missing)
+    binary = registry.create("student", "binary", layers=[2, 2, 2, 2], width=0.125, num_classes=3)
+    missing, unexpected = binary.load_state_dict(fp32, strict=False)
+    assert not unexpected and all(k.endswith(".threshold") for k in missing)
+
+
+# -- packed storage ----------------------------------------------------------------------------------------
+
+def test_pack_unpack_round_trip() -> None:
+    signs = binarize(torch.randn(3, 5, 3, 3))  # 135 bits: not a multiple of 8
+    packed = pack_signs(signs)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(135 / 8)
+    assert torch.equal(unpack_signs(packed, signs.shape), signs)
+
+
+def _calibrated(model: BinaryResNet, size: int = 32) -> BinaryResNet:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, 3, size, size))
+    return model.eval()
+
+
+@pytest.mark.parametrize("estimator,params", [("ste", {}), ("biper", {"omega0": 8.0})])
+def test_packed_checkpoint_reloads_exactly(tmp_path: Path, estimator: str, params: dict) -> None:
+    from edgesplit.train.checkpoint import load, save_checkpoint
+
+    torch.manual_seed(0)
+    kw = dict(TINY_BINARY, estimator=estimator, estimator_params=params)
+    model = registry.create("student", "binary", **kw)
+    with torch.no_grad():  # trained-looking latent weights: some beyond BiPer's half period
+        for layer in binary_layers(model).values():
+            layer.weight.mul_(3)
+    _calibrated(model)
+    state = model.checkpoint_state_dict()
+    assert all(k.replace(".weight_bits", "") in binary_layers(model) for k in state if k.endswith("weight_bits"))
+    assert not any(k.endswith("conv1.weight") for k in state)
+    path = tmp_path / "binary.safetensors"
+    save_checkpoint(model, path, model_config={"kind": "student", "name": "binary", "params": kw}, labels=list("abcde"),
+                    preprocess={})
+    loaded = load(path)
+    for name, layer in binary_layers(model).items():
+        other = binary_layers(loaded)[name]
+        assert torch.equal(other.binary_weight(), layer.binary_weight())
+        assert torch.equal(other.channel_scale(), layer.channel_scale())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_binary_weights_store_over_25x_smaller() -> None:
+    model = registry.create("student", "binary", layers=[2, 2, 2, 2], width=0.5, num_classes=10)
+    report = storage_report(model)
+    assert report["binary_layers"] == 16
+    assert report["binary_weight_fp32_bytes"] / report["binary_weight_packed_bytes"] >= 25
+    assert report["checkpoint_bytes"] < report["model_fp32_bytes"] / 10
+
+
+# -- exports -----------------------------------------------------------------------------------------------
+
+def _tiny_trained_binary(width: float = 0.125) -> tuple[BinaryResNet, torch.Tensor, np.ndarray]:
+    torch.manual_seed(0)
+    model = _calibrated(registry.create("student", "binary", estimator="reste", **{**TINY_BINARY, "width": width}))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        stem = model.stem(x)
+        ref = model(x).numpy()
+    assert (stem == 0).any()  # the first binary layer sees exact zeros: x == threshold is exercised
+    return model, x, ref
+
+
+@pytest.mark.parametrize("width", [0.125, 0.19], ids=["channels_8_to_64", "channels_12_to_97"])
+def test_openvino_runs_binary_layers_as_binary_convolution(width: float) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install edgesplit[openvino])")
+    from edgesplit.plugins.quant.openvino_binary import (
+        binary_layer_types,
+        build_openvino_model,
+        compile_model,
+        time_compiled,
+    )
+
+    model, x, ref = _tiny_trained_binary(width)  # 0.19: channel counts that are not multiples of 8
+    n_binary = len(binary_layers(model))
+    compiled = compile_model(build_openvino_model(model, tuple(x.shape)))
+    types = binary_layer_types(compiled)
+    assert types["BinaryConvolution"] == n_binary, types
+    # binary conv sums are exact integers on both sides; only the float layers (stem, BN, 1x1 shortcuts, head)
+    # round differently, ~1e-7 relative, so 1e-4 absolute on logits of magnitude ~1 leaves a wide margin
+    np.testing.assert_allclose(compiled(x.numpy())[0], ref, rtol=0, atol=1e-4)
+    dense = compile_model(build_openvino_model(model, tuple(x.shape), binary=False))
+    assert binary_layer_types(dense)["BinaryConvolution"] == 0
+    np.testing.assert_allclose(dense(x.numpy())[0], ref, rtol=0, atol=1e-4)
+    timing = time_compiled(compiled, x.numpy(), runs=3, warmup=1)
+    assert timing["runs"] == 3 and 0 < timing["min_ms"] <= timing["median_ms"]
+
+
+def test_onnx_int8_qdq_export_matches_torch(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install edgesplit[onnxruntime])")
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install edgesplit[export])")
+    from onnx import numpy_helper
+
+    from edgesplit.plugins.quant.onnx_binary import export_binary_onnx
+
+    model, x, ref = _tiny_trained_binary()
+    info = export_binary_onnx(model, tmp_path / "binary.onnx")
+    assert info["binary_layers"] == len(binary_layers(model)) and "INT8" in info["note"]
+    proto = onnx.load(info["path"])
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == info["binary_layers"]
+    assert ops.count("DequantizeLinear") == 2 * info["binary_layers"]
+    weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.startswith("binary_w")]
+    assert len(weights) == info["binary_layers"]
+    assert all(w.dtype == np.int8 and set(np.unique(w)) <= {-1, 1} for w in weights)
+    session = ort.InferenceSession(info["path"], providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], ref, rtol=0, atol=1e-4)
+
+
+# -- recipes -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("student_*.yaml")), ids=lambda p: p.stem)
+def test_student_recipes_validate_and_build(path: Path) -> None:
+    cfg = load_train_config(path)
+    assert cfg.seed == 0 and cfg.data.image_size == 128
+    assert cfg.teacher == "samples/weights/teacher_resnet18.safetensors"
+    params = dict(cfg.model.params)
+    if cfg.model.kind == "backbone":
+        params["num_classes"] = 10
+    model = registry.create(cfg.model.kind, cfg.model.name, **params)
+    assert model.stage_channels["stage4"] == 256

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -28,7 +29,12 @@ def publish(run: Path, name: str, data: str, result: str | None) -> dict:
     info = model.edgesplit_info
     dest = weights_dir / f"{name}.safetensors"
     extra = {k: v for k, v in info.items() if k not in ("format", "model", "labels", "preprocess")}
-    save_checkpoint(model, dest, model_config=info["model"], labels=info["labels"], preprocess=info["preprocess"],
+    recipe = dict(info["model"])
+    if "teacher" in recipe.get("params", {}):
+        # students name their teacher relative to their own file, so published weights load from anywhere
+        teacher = Path(recipe["params"]["teacher"]).resolve()
+        recipe["params"] = {**recipe["params"], "teacher": os.path.relpath(teacher, weights_dir)}
+    save_checkpoint(model, dest, model_config=recipe, labels=info["labels"], preprocess=info["preprocess"],
                     extra=extra, dtype=torch.float16)
     shutil.copyfile(run / "config.yaml", weights_dir / f"{name}.yaml")
     shutil.copyfile(run / "log.jsonl", weights_dir / f"{name}.log.jsonl")

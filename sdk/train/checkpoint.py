@@ -93,6 +93,22 @@ def build_model(model_config: dict[str, Any], source: str = "<checkpoint>") -> n
     return create(kind, name, **params)
 
 
+_FILE_PARAMS = ("teacher",)
+
+
+def _resolve_relative_files(recipe: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """Relative file parameters (a student's teacher) are looked up next to the checkpoint first, then from the
+    working directory, so published weights load from anywhere."""
+    params = dict(recipe.get("params", {}))
+    for key in _FILE_PARAMS:
+        value = params.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            beside = checkpoint.parent / value
+            if beside.is_file():
+                params[key] = str(beside)
+    return {**recipe, "params": params}
+
+
 def load(path: str | Path, *, eval_mode: bool = True) -> nn.Module:
     """Rebuild a checkpoint's model through the registry and load its weights (float32).
 
@@ -101,7 +117,8 @@ def load(path: str | Path, *, eval_mode: bool = True) -> nn.Module:
     import edgesplit.train.losses  # noqa: F401  (registers losses some models reference)
 
     info = read_metadata(path)
-    model = build_model(info["model"], str(path))
+    recipe = _resolve_relative_files(info["model"], Path(path))
+    model = build_model(recipe, str(path))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
     loader = getattr(model, "load_checkpoint_state_dict", None)
     try:

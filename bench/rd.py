@@ -1,0 +1,132 @@
+"""Rate-accuracy benchmark: Entropic Students (one per beta) against the teacher on JPEG, WebP and raw inputs.
+
+    python bench/rd.py --data DATASET_DIR [--split val] [--students samples/weights/entropic_*.safetensors]
+
+Every point runs the real path (`edgesplit eval`): students through symbols -> FactorizedCodec -> bitstream ->
+decode; the teacher on each image after encoding it with Pillow at each quality. Writes bench/results/rd.json,
+bench/rd.png and prints the markdown table for bench/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUALITIES = {"jpeg": [5, 10, 20, 30, 50, 70, 85, 95], "webp": [5, 10, 20, 30, 50, 70, 85, 95]}
+
+
+def iso_accuracy_bytes(points: list[dict], method: str, top1: float) -> float | None:
+    """Bytes a baseline needs to reach ``top1``, interpolated in log-bytes between measured qualities."""
+    pts = sorted((p["mean_bytes"], p["top1"]) for p in points if p["method"] == method)
+    for (b0, a0), (b1, a1) in zip(pts, pts[1:]):
+        if a0 < top1 <= a1:
+            t = (top1 - a0) / (a1 - a0)
+            return math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))
+    if pts and pts[0][1] >= top1:
+        return pts[0][0]
+    return None  # never reached
+
+
+def beta_of(checkpoint: str) -> float:
+    """The rate weight of a published student, from its name (``entropic_b1p6e-5`` -> 1.6e-5)."""
+    token = Path(checkpoint).stem.split("_b", 1)[1].split("_")[0]
+    return float(token.replace("p", "."))
+
+
+def run(data: str, split: str, students: list[str], teacher: str, limit: int | None) -> dict:
+    from edgesplit.train import read_metadata
+    from edgesplit.train.evaluate import evaluate_checkpoint
+
+    points: list[dict] = []
+    raw = evaluate_checkpoint(teacher, data, split=split, limit=limit)
+    size = raw_size = None
+    size = read_metadata(teacher)["preprocess"]["size"]
+    raw_size = size * size * 3
+    points.append({"method": "raw", "param": None, "top1": raw["top1"], "mean_bytes": float(raw_size),
+                   "images": raw["images"], "checkpoint": teacher})
+    print(f"raw: top1 {raw['top1']:.4f}", file=sys.stderr)
+    for method, qualities in QUALITIES.items():
+        for q in qualities:
+            r = evaluate_checkpoint(teacher, data, split=split, limit=limit, input_codec=method, quality=q)
+            points.append({"method": method, "param": q, "top1": r["top1"], "mean_bytes": r["mean_input_bytes"],
+                           "images": r["images"], "checkpoint": teacher})
+            print(f"{method} q={q}: top1 {r['top1']:.4f}, {r['mean_input_bytes']:.0f} B", file=sys.stderr)
+    for ckpt in students:
+        beta = beta_of(ckpt)
+        r = evaluate_checkpoint(ckpt, data, split=split, limit=limit)
+        points.append({"method": "entropic", "param": beta, "top1": r["top1"], "mean_bytes": r["mean_payload_bytes"],
+                       "mean_information_bytes": r["mean_information_bytes"], "images": r["images"],
+                       "checkpoint": ckpt, "latent_shape": r["latent_shape"]})
+        print(f"entropic beta={beta}: top1 {r['top1']:.4f}, {r['mean_payload_bytes']:.1f} B", file=sys.stderr)
+    for p in points:
+        if p["method"] == "entropic":
+            best = [b for b in (iso_accuracy_bytes(points, m, p["top1"]) for m in QUALITIES) if b is not None]
+            p["iso_accuracy_baseline_bytes"] = min(best) if best else None
+            p["bytes_ratio_vs_baseline"] = (p["mean_bytes"] / min(best)) if best else None
+    return {"data": data, "split": split, "limit": limit, "teacher": teacher, "image_size": size, "points": points,
+            "command": f"python bench/rd.py --data {data} --split {split}"}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"jpeg": "s--", "webp": "^--", "entropic": "o-"}
+    for method, style in styles.items():
+        pts = sorted((p["mean_bytes"], p["top1"] * 100) for p in result["points"] if p["method"] == method)
+        if pts:
+            ax.plot(*zip(*pts), style, label={"entropic": "Entropic Student (payload)"}.get(method, f"teacher on {method.upper()}"))
+    raw = next(p for p in result["points"] if p["method"] == "raw")
+    ax.axhline(raw["top1"] * 100, color="gray", lw=1, ls=":", label=f"teacher, raw input ({raw['mean_bytes']:.0f} B)")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per image (log)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"Rate vs accuracy, Imagenette {result['split']} split, {result['image_size']} px")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(result: dict) -> str:
+    rows = ["| method | beta / quality | top-1 | mean bytes | info bytes | iso-accuracy JPEG/WebP bytes | ratio |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in result["points"]:
+        iso = p.get("iso_accuracy_baseline_bytes")
+        ratio = p.get("bytes_ratio_vs_baseline")
+        rows.append(f"| {p['method']} | {p['param'] if p['param'] is not None else '-'} | {p['top1'] * 100:.2f} | "
+                    f"{p['mean_bytes']:.0f} | {p.get('mean_information_bytes', float('nan')):.0f} | "
+                    f"{'never reached' if p['method'] == 'entropic' and iso is None else (f'{iso:.0f}' if iso else '-')} | "
+                    f"{f'1/{1 / ratio:.1f}' if ratio else '-'} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default="val", choices=["val", "all"])
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--teacher", default=str(REPO / "samples/weights/teacher_resnet18.safetensors"))
+    ap.add_argument("--students", nargs="*", default=sorted(glob.glob(str(REPO / "samples/weights/entropic_*.safetensors"))))
+    ap.add_argument("--out", default=str(REPO / "bench/results/rd.json"))
+    args = ap.parse_args()
+    result = run(args.data, args.split, args.students, args.teacher, args.limit)
+    for p in result["points"]:
+        p["checkpoint"] = str(Path(p["checkpoint"]).resolve().relative_to(REPO)) if str(p["checkpoint"]).startswith(str(REPO)) else p["checkpoint"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, REPO / "bench" / "rd.png")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -207,6 +207,7 @@ class BundleWriter:
         text = yaml.safe_dump(manifest, sort_keys=False)
         (self.tmp / MANIFEST).write_text(text, encoding="utf-8")
         Bundle.open(self.tmp)  # never publish a bundle that would not open
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a server running as another user must read it
         if self.dest.exists():
             if not self.overwrite:
                 raise BundleError(f"{self.dest} appeared while exporting; not replacing it")

@@ -1,0 +1,97 @@
+"""``edgesplit serve BUNDLE``: the decoder of a split bundle over HTTP (uvicorn, or Ray Serve with --engine ray).
+
+Imports nothing heavy at import time; the command imports the runtime, FastAPI/uvicorn or Ray when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from edgesplit.errors import BackendUnavailable, ConfigError
+
+__all__ = ["register_cli"]
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "EDGESPLIT_TOKEN"
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token from the environment: required if --token-env was given, optional for the default name."""
+    name = args.token_env or TOKEN_ENV
+    token = os.environ.get(name) or None
+    if args.token_env and token is None:
+        raise ConfigError(f"--token-env {name}: environment variable {name} is not set or empty "
+                          "(export it, or leave out --token-env to serve without a token)")
+    if token is None:
+        log.warning("serving without authentication: set %s to require 'Authorization: Bearer <token>'", name)
+    return token
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from exc
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be >= 1")
+    return number
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    token = _token(args)
+    if args.engine == "ray":
+        from .ray_serve import serve_bundle
+
+        serve_bundle(args.bundle, host=args.host, port=args.port, backend=args.backend, device=args.device,
+                     threads=args.threads, top_k=args.top_k, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                     max_body_bytes=args.max_body_bytes, token=token, num_replicas=args.replicas)
+        return 0
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise BackendUnavailable(f"`edgesplit serve` needs fastapi and uvicorn ({exc}); "
+                                 "install them with `pip install edgesplit[serve]`") from exc
+    from .server import ServerDecoder
+    from .service import create_app
+
+    decoder = ServerDecoder.open(args.bundle, backend=args.backend, device=args.device, threads=args.threads,
+                                 top_k=args.top_k)
+    app = create_app(decoder, max_body_bytes=args.max_body_bytes, token=token, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms)
+    print(f"edgesplit serve: {decoder.bundle.manifest.get('name', args.bundle)} (model {decoder.fingerprint.hex()}, "
+          f"{decoder.backend} on {decoder.device}) at http://{args.host}:{args.port}/v1/decode", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.graceful_timeout)
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``serve`` to the ``edgesplit`` command line."""
+    sp = subparsers.add_parser("serve", help="serve the decoder of a split bundle over HTTP (POST /v1/decode)",
+                               description="Payload bytes in, top-k JSON out; GET /healthz and /metrics. "
+                                           f"Set {TOKEN_ENV} (or the variable named by --token-env) to require "
+                                           "a bearer token.")
+    sp.add_argument("bundle", help="split bundle directory (from `edgesplit export`)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--backend", default="onnxruntime", help="onnxruntime, openvino or tensorrt")
+    sp.add_argument("--device", default="cpu", help="e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
+    sp.add_argument("--threads", type=_positive, help="intra-op threads of the backend (default: the runtime's)")
+    sp.add_argument("--top-k", type=_positive, default=5, help="labels per answer")
+    sp.add_argument("--max-batch", type=_positive, default=16, help="payloads per decoder-graph call at most")
+    sp.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a payload waits for others to batch with")
+    sp.add_argument("--max-body-bytes", type=_positive, default=64 * 1024, help="larger bodies get 413")
+    sp.add_argument("--token-env", metavar="NAME",
+                    help=f"environment variable holding the bearer token (default {TOKEN_ENV}; if given, it must "
+                         "be set)")
+    sp.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn",
+                    help="uvicorn: one process; ray: a Ray Serve deployment (local, or the cluster in RAY_ADDRESS)")
+    sp.add_argument("--replicas", type=_positive, default=1, help="Ray Serve replicas (--engine ray)")
+    sp.add_argument("--graceful-timeout", type=float, default=30.0,
+                    help="seconds requests in flight get to finish on shutdown")
+    sp.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sp.set_defaults(func=_cmd_serve)

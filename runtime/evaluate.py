@@ -1,0 +1,88 @@
+"""``edgesplit eval BUNDLE``: top-1 of a bundle through the deployed path, on an ImageFolder directory.
+
+Split bundles go image -> ``DeviceEncoder`` -> payload bytes -> ``ServerDecoder``; full bundles go through
+``DeviceModel``. The same seeded subset (``limit``) as the checkpoint evaluation is used, so the numbers compare.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesplit.bundle import Bundle
+from edgesplit.data import ImageFolder, stratified_split
+from edgesplit.errors import ConfigError, DataError
+
+from .device import DeviceEncoder, DeviceModel, as_bundle
+from .server import ServerDecoder
+
+__all__ = ["evaluate_bundle", "select_indices"]
+
+BATCH_SIZE = 32
+
+
+def select_indices(dataset: ImageFolder, bundle: Bundle, split: str, limit: int | None) -> np.ndarray:
+    """All images, or the held-out split recorded in the manifest (``train_split``); ``limit`` keeps a seeded
+    subset (the same one ``edgesplit eval`` picks for a checkpoint)."""
+    idx = np.arange(len(dataset))
+    if split == "val":
+        info = bundle.manifest.get("train_split")
+        if not isinstance(info, dict) or "val_fraction" not in info or "seed" not in info:
+            raise ConfigError(f"{bundle.path}: --split val needs the training split recorded in the manifest "
+                              "('train_split: {val_fraction, seed}'); this bundle has none. Use --split all on a "
+                              "held-out directory, or re-export from a checkpoint that records its split")
+        idx = stratified_split(dataset.labels, float(info["val_fraction"]), int(info["seed"]))[1]
+    elif split != "all":
+        raise ConfigError(f"unknown split {split!r}; choose 'all' or 'val'")
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {limit}")
+        if limit < len(idx):
+            idx = np.sort(np.random.default_rng(0).permutation(idx)[:limit])
+    return idx
+
+
+def evaluate_bundle(bundle_dir: str | Path, data_dir: str | Path, backend: str = "onnxruntime",
+                    limit: int | None = None, split: str = "all", *, device: str = "cpu",
+                    threads: int | None = None) -> dict[str, Any]:
+    """Top-1 of a bundle on ``data_dir`` (class sub-folders named like its labels) through ``backend``.
+
+    Returns ``bundle, kind, backend, device, data, split, images, top1, seconds`` and, for split bundles,
+    ``mean_payload_bytes`` and ``latent_shape``.
+    """
+    bundle = as_bundle(bundle_dir)
+    dataset = ImageFolder(data_dir, classes=bundle.labels)
+    idx = select_indices(dataset, bundle, split, limit)
+    if len(idx) == 0:
+        raise DataError(f"{data_dir}: no images selected (split {split!r})")
+    paths = [dataset.samples[int(i)].path for i in idx]
+    truth = np.asarray([dataset.samples[int(i)].label for i in idx])
+    start = time.perf_counter()
+    payload_bytes: list[int] = []
+    predicted: list[int] = []
+    if bundle.kind == "split":
+        with DeviceEncoder.open(bundle, backend=backend, device=device, threads=threads) as encoder, \
+                ServerDecoder.open(bundle, backend=backend, device=device, threads=threads, top_k=1) as decoder:
+            runtime = encoder
+            for s in range(0, len(paths), BATCH_SIZE):
+                payloads = encoder.encode_batch(paths[s:s + BATCH_SIZE])
+                payload_bytes += [len(p) for p in payloads]
+                predicted += [p.indices[0] for p in decoder.decode_batch(payloads)]
+    else:
+        with DeviceModel.open(bundle, backend=backend, device=device, threads=threads, top_k=1) as model:
+            runtime = model
+            for s in range(0, len(paths), BATCH_SIZE):
+                predicted += [p.indices[0] for p in model.predict_batch(paths[s:s + BATCH_SIZE])]
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "bundle": str(bundle.path), "kind": bundle.kind, "fingerprint": bundle.fingerprint.hex(),
+        "backend": runtime.backend, "device": runtime.device, "data": str(data_dir), "split": split,
+        "images": len(idx), "top1": float(np.mean(np.asarray(predicted) == truth)), "seconds": round(seconds, 2),
+    }
+    if bundle.kind == "split":
+        result.update({"mean_payload_bytes": float(np.mean(payload_bytes)),
+                       "latent_shape": list(bundle.latent_shape)})
+    return result

@@ -1,0 +1,466 @@
+"""HTTP service around a ``ServerDecoder`` (FastAPI): ``POST /v1/decode``, ``GET /healthz``, ``GET /metrics``.
+
+Concurrent requests are batched into one decoder-graph call (an asyncio queue and a batcher task); every payload is
+checked before it joins a batch, so one bad payload fails only its own request. ``create_app`` builds the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import numpy as np
+
+from edgesplit.bitstream import Frame
+from edgesplit.errors import BitstreamError, ConfigError, EdgesplitError
+
+from .device import Prediction
+from .server import ForeignPayloadError, ServerDecoder
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "Metrics", "Batcher", "DecodeService", "create_app",
+           "BackgroundServer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+# --------------------------------------------------------------------------------------------------------
+# metrics (Prometheus text exposition, written by hand: no client library needed)
+# --------------------------------------------------------------------------------------------------------
+
+class _Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[int(np.searchsorted(self.buckets, value, side="left"))] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self, name: str, help_text: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        running = 0
+        for bound, n in zip(self.buckets, self.counts):
+            running += n
+            lines.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
+        lines += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.sum:.6f}",
+                  f"{name}_count {self.count}"]
+        return lines
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    """Counters and histograms of the service, thread-safe; ``render()`` gives Prometheus text."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[int, int] = {}
+        self.errors: dict[str, int] = {}
+        self.latency = _Histogram(LATENCY_BUCKETS)
+        self.batch_size = _Histogram(tuple(float(b) for b in BATCH_BUCKETS))
+        self.in_flight = 0
+        self.max_batch_seen = 0
+
+    def request_done(self, status: int, seconds: float, error: str | None) -> None:
+        with self._lock:
+            self.requests[status] = self.requests.get(status, 0) + 1
+            if error is not None:
+                self.errors[error] = self.errors.get(error, 0) + 1
+            self.latency.observe(seconds)
+
+    def batch_done(self, size: int) -> None:
+        with self._lock:
+            self.batch_size.observe(float(size))
+            self.max_batch_seen = max(self.max_batch_seen, size)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain numbers, for tests and benchmarks."""
+        with self._lock:
+            return {"requests": dict(self.requests), "errors": dict(self.errors), "batches": self.batch_size.count,
+                    "batched_payloads": int(self.batch_size.sum), "max_batch_seen": self.max_batch_seen}
+
+    def render(self, info: dict[str, Any], queue_depth: int) -> str:
+        with self._lock:
+            labels = ",".join(f'{k}="{_label(v)}"' for k, v in info.items())
+            lines = ["# HELP edgesplit_info The bundle and backend this server runs.", "# TYPE edgesplit_info gauge",
+                     f"edgesplit_info{{{labels}}} 1",
+                     "# HELP edgesplit_requests_total Decode requests by HTTP status.",
+                     "# TYPE edgesplit_requests_total counter"]
+            lines += [f'edgesplit_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+            lines += ["# HELP edgesplit_errors_total Failed decode requests by kind.",
+                      "# TYPE edgesplit_errors_total counter"]
+            lines += [f'edgesplit_errors_total{{kind="{_label(k)}"}} {n}' for k, n in sorted(self.errors.items())]
+            lines += self.batch_size.render("edgesplit_batch_size", "Payloads per decoder-graph call.")
+            lines += self.latency.render("edgesplit_request_duration_seconds",
+                                         "Time from request to response of POST /v1/decode.")
+            lines += ["# HELP edgesplit_in_flight_requests Decode requests being handled.",
+                      "# TYPE edgesplit_in_flight_requests gauge", f"edgesplit_in_flight_requests {self.in_flight}",
+                      "# HELP edgesplit_queue_depth Checked payloads waiting for a batch.",
+                      "# TYPE edgesplit_queue_depth gauge", f"edgesplit_queue_depth {queue_depth}"]
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------
+# batching
+# --------------------------------------------------------------------------------------------------------
+
+class ServiceUnavailable(Exception):
+    """The batcher is not running or its queue is full; the HTTP layer answers 503 (never leaves the service)."""
+
+
+def decode_frames(decoder: ServerDecoder, frames: list[Frame]) -> list[Prediction | Exception]:
+    """Entropy-decode each checked frame, then one graph call for those that decoded; errors stay per frame."""
+    symbols: dict[int, np.ndarray] = {}
+    results: list[Prediction | Exception | None] = []
+    for i, frame in enumerate(frames):
+        try:
+            symbols[i] = decoder.symbols(frame)
+            results.append(None)
+        except BitstreamError as exc:
+            results.append(exc)
+    if symbols:
+        try:
+            predictions: list[Prediction | Exception] = list(decoder.predict_symbols(np.stack(list(symbols.values()))))
+        except Exception as exc:  # noqa: BLE001 - the graph failed: every request of this batch gets the error
+            predictions = [exc] * len(symbols)
+        for i, prediction in zip(symbols, predictions):
+            results[i] = prediction
+    return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Item:
+    frame: Frame
+    future: asyncio.Future[Prediction]
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Collects checked frames for up to ``max_wait_ms`` or ``max_batch`` frames, decodes them in one graph call
+    on a worker thread, and resolves each request's future. ``close()`` finishes everything queued.
+
+    ``pending`` (optional) counts requests in the service that may still join a batch (in flight, queued or
+    taken); when no request beyond those already queued or taken is in flight, the batch runs at once instead of
+    waiting out ``max_wait_ms``, so a lone request pays no batching delay.
+    """
+
+    def __init__(self, decoder: ServerDecoder, *, max_batch: int = 16, max_wait_ms: float = 5.0,
+                 max_queue: int = 1024, metrics: Metrics | None = None,
+                 pending: Callable[[], int] | None = None) -> None:
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
+            raise ConfigError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be >= 1, max_wait_ms "
+                              f"({max_wait_ms}) >= 0")
+        self.decoder = decoder
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        self.pending = pending
+        self._queue: asyncio.Queue[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closing
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-decode")
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="edgesplit-batcher")
+
+    async def submit(self, frame: Frame) -> Prediction:
+        """Queue one checked frame and wait for its prediction."""
+        if not self.running or self._queue is None:
+            raise ServiceUnavailable("the decoder is not running (starting or shutting down); retry shortly")
+        if self._queue.qsize() >= self.max_queue:
+            raise ServiceUnavailable(f"the decode queue is full ({self.max_queue} payloads); retry shortly")
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(frame, future))
+        return await future
+
+    async def close(self) -> None:
+        """Stop taking payloads, decode everything already queued, then stop the worker."""
+        if self._task is None or self._queue is None:
+            return
+        self._closing = True
+        self._queue.put_nowait(_STOP)
+        await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._task = None
+
+    async def _run(self) -> None:
+        assert self._queue is not None  # set by start(); not user input
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Item] = [first]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    timeout = deadline - loop.time()
+                    if self.pending is not None and self.pending() <= len(batch) + self._queue.qsize():
+                        timeout = 0.0  # nobody else is on the way: take what is queued and go
+                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(),
+                                                                                                 timeout)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            batch = [item for item in batch if not item.future.done()]  # clients that went away
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, decode_frames, self.decoder,
+                                                     [item.frame for item in batch])
+            except Exception as exc:  # noqa: BLE001 - keep serving; this batch's requests get the error
+                log.exception("decoding a batch of %d payloads failed", len(batch))
+                results = [exc] * len(batch)
+            self.metrics.batch_done(len(batch))
+            for item, result in zip(batch, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+
+# --------------------------------------------------------------------------------------------------------
+# HTTP handling (shared by the FastAPI app and the Ray Serve deployment)
+# --------------------------------------------------------------------------------------------------------
+
+class _Reject(Exception):
+    def __init__(self, status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail, self.headers = status, kind, detail, headers
+
+
+class DecodeService:
+    """The decode endpoint's logic over starlette requests: token, body limit, payload checks, error mapping.
+
+    ``submit`` turns a checked frame into a prediction (the ``Batcher``'s, or Ray Serve's ``@serve.batch``).
+    """
+
+    def __init__(self, decoder: ServerDecoder, submit: Callable[[Frame], Awaitable[Prediction]], *,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, token: str | None = None,
+                 metrics: Metrics | None = None, queue_depth: Callable[[], int] = lambda: 0,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        if max_body_bytes < 1:
+            raise ConfigError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        if token is not None and not token:
+            raise ConfigError("token must be a non-empty string, or None for no authentication")
+        self.decoder = decoder
+        self.submit = submit
+        self.max_body_bytes = max_body_bytes
+        self._token = token.encode() if token else None
+        self.metrics = metrics or Metrics()
+        self.queue_depth = queue_depth
+        self.ready = ready
+        self.model = decoder.fingerprint.hex()
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.model, "name": self.decoder.bundle.manifest.get("name", ""),
+                "backend": self.decoder.backend, "device": self.decoder.device,
+                "threads": self.decoder.threads if self.decoder.threads is not None else "default"}
+
+    def _authorize(self, request: Any) -> None:
+        if self._token is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+            raise _Reject(401, "unauthorized", "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                          {"WWW-Authenticate": 'Bearer realm="edgesplit"'})
+
+    async def _read_body(self, request: Any) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise _Reject(400, "bad_request", f"Content-Length {declared!r} is not a number")
+            if int(declared) > self.max_body_bytes:
+                raise _Reject(413, "too_large", f"body of {declared} bytes is over the limit of "
+                                                f"{self.max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _Reject(413, "too_large", f"body is over the limit of {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+        if not size:
+            raise _Reject(400, "bad_payload", "empty body: POST the payload bytes (application/octet-stream)")
+        return b"".join(chunks)
+
+    async def decode(self, request: Any) -> Any:
+        """``POST /v1/decode``: payload bytes -> JSON {labels, probs, top1, model}."""
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import JSONResponse, Response
+
+        start = time.perf_counter()
+        status, error = 200, None
+        self.metrics.in_flight += 1
+        try:
+            self._authorize(request)
+            body = await self._read_body(request)
+            try:
+                frame = self.decoder.unpack(body)
+            except ForeignPayloadError as exc:
+                raise _Reject(409, "foreign_payload", str(exc)) from exc
+            except BitstreamError as exc:
+                raise _Reject(400, "bad_payload", str(exc)) from exc
+            try:
+                prediction = await self.submit(frame)
+            except BitstreamError as exc:
+                raise _Reject(400, "bad_payload", str(exc)) from exc
+            except ServiceUnavailable as exc:
+                raise _Reject(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
+            except EdgesplitError as exc:
+                log.error("decoding failed: %s", exc)
+                raise _Reject(500, "decoder_failed", f"the decoder failed: {exc}") from exc
+            return JSONResponse({**prediction.to_dict(), "model": self.model})
+        except _Reject as exc:
+            status, error = exc.status, exc.kind
+            return JSONResponse({"error": exc.kind, "detail": exc.detail}, status_code=exc.status,
+                                headers=exc.headers)
+        except ClientDisconnect:
+            status, error = 499, "client_disconnected"
+            return Response(status_code=499)
+        except asyncio.CancelledError:
+            status, error = 499, "client_disconnected"
+            raise
+        except Exception:
+            status, error = 500, "internal"
+            log.exception("unexpected error in /v1/decode")
+            return JSONResponse({"error": "internal", "detail": "internal error (see the server log)"},
+                                status_code=500)
+        finally:
+            self.metrics.in_flight -= 1
+            self.metrics.request_done(status, time.perf_counter() - start, error)
+
+    def healthz(self) -> Any:
+        """``GET /healthz``: 200 with the model while serving, 503 while starting or draining."""
+        from starlette.responses import JSONResponse
+
+        ready = self.ready()
+        body = {"status": "ok" if ready else "unavailable", **self.info(), "labels": len(self.decoder.labels),
+                "latent_shape": list(self.decoder.latent_shape)}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    def metrics_response(self) -> Any:
+        """``GET /metrics``: Prometheus text exposition."""
+        from starlette.responses import PlainTextResponse
+
+        return PlainTextResponse(self.metrics.render(self.info(), self.queue_depth()),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(decoder: ServerDecoder, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, token: str | None = None,
+               max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 1024) -> Any:
+    """A FastAPI app serving ``decoder``: ``POST /v1/decode``, ``GET /healthz``, ``GET /metrics``.
+
+    ``token``: if set, decode requests need ``Authorization: Bearer <token>``. Batching starts and drains with the
+    app's lifespan (uvicorn runs it; in tests use ``with TestClient(app)``). ``app.state.metrics`` holds the counters.
+    """
+    from fastapi import FastAPI
+
+    metrics = Metrics()
+    batcher = Batcher(decoder, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
+                      pending=lambda: metrics.in_flight)
+    service = DecodeService(decoder, batcher.submit, max_body_bytes=max_body_bytes, token=token, metrics=metrics,
+                            queue_depth=batcher.queue_depth, ready=lambda: batcher.running)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await batcher.start()
+        log.info("serving %s", service.info())
+        try:
+            yield
+        finally:
+            await batcher.close()  # requests still queued get their answers before the worker stops
+
+    async def healthz(request: Any) -> Any:
+        return service.healthz()
+
+    async def metrics_endpoint(request: Any) -> Any:
+        return service.metrics_response()
+
+    app = FastAPI(title="edgesplit decoder", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    # Plain starlette routes: the handlers take the raw request (streamed body, headers), no FastAPI injection.
+    app.add_route("/v1/decode", service.decode, methods=["POST"])
+    app.add_route("/healthz", healthz, methods=["GET"])
+    app.add_route("/metrics", metrics_endpoint, methods=["GET"])
+    app.state.metrics, app.state.batcher, app.state.service = metrics, batcher, service
+    return app
+
+
+# --------------------------------------------------------------------------------------------------------
+
+class BackgroundServer:
+    """uvicorn serving ``app`` on a thread (tests, benchmarks, notebooks); ``stop()`` shuts down gracefully."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, graceful_timeout: float = 30.0,
+                 log_level: str = "warning") -> None:
+        import uvicorn
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host, self.port = self._sock.getsockname()[:2]
+        config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=graceful_timeout)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name="edgesplit-uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise EdgesplitError(f"uvicorn did not start on {self.url} (see its log above)")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting connections, let requests in flight finish, drain the batcher, join the thread."""
+        self.server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

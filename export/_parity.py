@@ -1,0 +1,118 @@
+"""Parity of exported graphs with the torch model (batch 1 and 3 through the same file), the checks that gate an
+export, and batch-1 latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+__all__ = ["TOLERANCES", "Reference", "measure", "failed_checks", "median_latency_ms"]
+
+# What an export must reach to be published (override per call with ``tolerances=``).
+#   fp32: logits within max_abs_logits of torch (split: the decoder fed torch's symbols), and the encoder's
+#         symbols equal to torch's for at least symbol_agreement of the elements;
+#   fp16, int8: the top-1 class equal to torch fp32's for at least top1_agreement of the images, and with
+#         labelled calibration images an accuracy no more than accuracy_drop below torch's.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_logits": 1e-4, "symbol_agreement": 0.999},
+    "fp16": {"top1_agreement": 0.98, "accuracy_drop": 0.02},
+    "int8": {"top1_agreement": 0.90, "accuracy_drop": 0.05},
+}
+
+
+class Runner(Protocol):
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class Reference:
+    """torch fp32 outputs on the calibration images: logits (N, K), and for split models the symbols."""
+
+    images: np.ndarray
+    logits: np.ndarray
+    symbols: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.labels is None:
+            return None
+        return float((self.logits.argmax(1) == self.labels).mean())
+
+
+def _chunks(n: int) -> list[slice]:
+    """Batch 1 (the first image) then batches of 3 over all images: two batch sizes through the same file."""
+    return [slice(0, 1)] + [slice(i, min(i + 3, n)) for i in range(0, n, 3)]
+
+
+def measure(runners: Mapping[str, Runner], ref: Reference) -> dict[str, Any]:
+    """Parity figures of one backend's parts against ``ref``."""
+    n = len(ref.images)
+    chunks = _chunks(n)
+    split = "encoder" in runners and ref.symbols is not None
+    max_abs = 0.0
+    e2e = np.empty_like(ref.logits)
+    sym_equal, sym_total = 0, 0
+    for k, sl in enumerate(chunks):
+        if split:
+            symbols = runners["encoder"].run({"image": ref.images[sl]})["symbols"]
+            torch_symbols = ref.symbols[sl]  # type: ignore[index]
+            sym_equal += int((symbols == torch_symbols).sum())
+            sym_total += symbols.size
+            logits = runners["decoder"].run({"symbols": torch_symbols})["logits"]
+            max_abs = max(max_abs, float(np.abs(logits - ref.logits[sl]).max()))
+            if not np.array_equal(symbols, torch_symbols):
+                logits = runners["decoder"].run({"symbols": symbols.astype(np.int32)})["logits"]
+        else:
+            logits = runners["model"].run({"image": ref.images[sl]})["logits"]
+            max_abs = max(max_abs, float(np.abs(logits - ref.logits[sl]).max()))
+        if k > 0:
+            e2e[sl] = logits
+    result: dict[str, Any] = {
+        "images": n,
+        "batches": sorted({sl.stop - sl.start for sl in chunks}),
+        "max_abs_logits": max_abs,
+        "top1_agreement": float((e2e.argmax(1) == ref.logits.argmax(1)).mean()),
+    }
+    if split:
+        result["symbol_agreement"] = sym_equal / sym_total
+        result["symbols_differing"] = sym_total - sym_equal
+    if ref.labels is not None:
+        acc = float((e2e.argmax(1) == ref.labels).mean())
+        result["accuracy"] = acc
+        result["accuracy_drop"] = float(ref.accuracy or 0.0) - acc
+    return result
+
+
+def failed_checks(precision: str, figures: Mapping[str, Any], tolerances: Mapping[str, float]) -> list[str]:
+    """Human-readable failures of ``figures`` against the tolerances of ``precision`` (empty: passed)."""
+    out = []
+    for key, limit in tolerances.items():
+        value = figures.get(key)
+        if value is None:
+            continue
+        if key in ("max_abs_logits", "accuracy_drop"):
+            if not value <= limit:
+                out.append(f"{key} {value:.3g} > {limit:.3g}")
+        elif not value >= limit:
+            extra = f" ({figures['symbols_differing']} symbols differ)" if key == "symbol_agreement" else ""
+            out.append(f"{key} {value:.6g} < {limit:.6g}{extra}")
+    return out
+
+
+def median_latency_ms(runner: Runner, inputs: dict[str, np.ndarray], *, warmup: int = 2, runs: int = 20,
+                      budget_s: float = 1.0) -> float:
+    """Median wall time of ``runner.run(inputs)`` in milliseconds (at most ``runs`` runs, about ``budget_s``)."""
+    for _ in range(warmup):
+        runner.run(inputs)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        runner.run(inputs)
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(statistics.median(times))

@@ -391,6 +391,9 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
         "versions": _versions(backends, precision),
         "source": {"checkpoint": ckpt.name, "sha256": sha256_file(ckpt), "model": info["model"]},
     }
+    data_cfg = info.get("train_config", {}).get("data", {})
+    if "val_fraction" in data_cfg:  # lets `edgesplit eval BUNDLE --split val` pick the images training held out
+        manifest["train_split"] = {"val_fraction": data_cfg["val_fraction"], "seed": data_cfg.get("split_seed", 0)}
     if codec_entry is not None:
         manifest["codec"] = codec_entry
     manifest["io"] = {p: io_spec(fp32_model[p]) for p in parts}

@@ -33,6 +33,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = load_train_config(args.config)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        cfg.threads = args.threads
     metrics = train(cfg, args.out, data_root=args.data, resume=args.resume, source=args.config,
                     progress=not args.no_progress)
     print(json.dumps({k: v for k, v in metrics.items() if k != "labels"}, indent=2))
@@ -77,6 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help="ImageFolder dataset directory (overrides data.root)")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    sp.add_argument("--threads", type=int, help="CPU threads for torch (overrides the recipe's threads)")
     sp.set_defaults(func=_cmd_train)
 
     sp = sub.add_parser("eval", help="top-1 (and bytes) of a checkpoint or bundle on an ImageFolder directory")

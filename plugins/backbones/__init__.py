@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ._base import STAGES, Backbone, ClassifierHead, count_macs
+from ._base import STAGES, Backbone, ClassifierHead, ConvNormAct, count_macs
 from . import resnet  # noqa: F401  (registers)
 from . import mobilenetv2  # noqa: F401  (registers)
 from . import vovnet  # noqa: F401  (registers)
 
-__all__ = ["STAGES", "Backbone", "ClassifierHead", "count_macs"]
+__all__ = ["STAGES", "Backbone", "ClassifierHead", "ConvNormAct", "count_macs"]

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 STAGES: tuple[str, ...] = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
+
+
+def _relu() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
+class ConvNormAct(nn.Module):
+    """Convolution, normalization and activation (``act_layer=None``: no activation, a linear layer)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 act_layer: Callable[[], nn.Module] | None = _relu) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.bn = norm_layer(out_chs)
+        self.act = act_layer() if act_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
 
 
 class ClassifierHead(nn.Module):

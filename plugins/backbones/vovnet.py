@@ -13,7 +13,7 @@ from torch import nn
 from edgesplit.errors import ConfigError
 from edgesplit.registry import register
 
-from ._base import STAGES, Backbone, ClassifierHead, make_divisible
+from ._base import STAGES, Backbone, ClassifierHead, ConvNormAct, make_divisible
 
 __all__ = ["ConvNormAct", "SeparableConvNormAct", "EffectiveSE", "OsaBlock", "OsaStage", "VoVNet", "VoVNetArch"]
 
@@ -23,27 +23,6 @@ ActLayer = Callable[[], nn.Module]
 
 def _relu() -> nn.Module:
     return nn.ReLU(inplace=True)
-
-
-class ConvNormAct(nn.Module):
-    """Convolution, normalization and activation."""
-
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        kernel_size: int = 1,
-        stride: int = 1,
-        norm_layer: NormLayer = nn.BatchNorm2d,
-        act_layer: ActLayer = _relu,
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False)
-        self.bn = norm_layer(out_chs)
-        self.act = act_layer()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 class SeparableConvNormAct(nn.Module):

@@ -18,7 +18,29 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def publish(run: Path, name: str, data: str, result: str | None) -> dict:
+def select_resize(model: torch.nn.Module, data: str, size: int, candidates: list[int], n: int = 1500) -> dict:
+    """Pick the evaluation resize (shorter side before the center crop) on training-split images, never on the
+    validation split that is reported: random-resized-crop training makes objects look larger than a plain
+    center crop does, so a tighter crop at test time usually helps (Touvron et al., "Fixing the train-test
+    resolution discrepancy")."""
+    import numpy as np
+
+    from edgesplit.data import ImageCache, ImageFolder, stratified_split
+    from edgesplit.preprocess import Preprocess
+    from edgesplit.train import evaluate_cache
+
+    info = model.edgesplit_info
+    split = info.get("train_config", {}).get("data", {})
+    ds = ImageFolder(data, classes=info["labels"])
+    train_idx, _ = stratified_split(ds.labels, split.get("val_fraction", 0.1), split.get("split_seed", 0))
+    pick = np.sort(np.random.default_rng(1).permutation(train_idx)[:n])
+    cache = ImageCache(ds, pick)
+    scores = {r: evaluate_cache(model, cache, Preprocess.for_size(size, r))["top1"] for r in candidates}
+    return {"chosen": max(scores, key=lambda r: (scores[r], -abs(r - candidates[0]))), "train_top1": scores,
+            "images": len(pick)}
+
+
+def publish(run: Path, name: str, data: str, result: str | None, resize_candidates: list[int] | None = None) -> dict:
     from edgesplit.plugins.backbones import count_macs
     from edgesplit.train import load, save_checkpoint
     from edgesplit.train.evaluate import evaluate_checkpoint
@@ -29,6 +51,11 @@ def publish(run: Path, name: str, data: str, result: str | None) -> dict:
     info = model.edgesplit_info
     dest = weights_dir / f"{name}.safetensors"
     extra = {k: v for k, v in info.items() if k not in ("format", "model", "labels", "preprocess")}
+    selection = None
+    if resize_candidates:
+        selection = select_resize(model, data, info["preprocess"]["size"], resize_candidates)
+        info["preprocess"] = {**info["preprocess"], "resize": selection["chosen"]}
+        extra["eval_resize_selection"] = selection
     recipe = dict(info["model"])
     if "teacher" in recipe.get("params", {}):
         # students name their teacher relative to their own file, so published weights load from anywhere
@@ -61,6 +88,8 @@ def publish(run: Path, name: str, data: str, result: str | None) -> dict:
         "split": metrics.get("split"),
         "command": f"edgesplit train {run / 'config.yaml'} --out {run} --data DATASET_DIR",
     }
+    if selection is not None:
+        out["eval_resize_selection"] = selection
     if macs_fn is not None:
         out["macs_report"] = macs_fn(size)
     if result:
@@ -75,8 +104,10 @@ def main() -> int:
     ap.add_argument("--name", required=True, help="file stem under samples/weights/")
     ap.add_argument("--data", required=True, help="the ImageFolder directory the run was trained on (its val split is used)")
     ap.add_argument("--result", help="write bench/results/RESULT.json")
+    ap.add_argument("--resize-candidates", help="comma-separated evaluation resizes to choose from on training images")
     args = ap.parse_args()
-    out = publish(args.run, args.name, args.data, args.result)
+    cands = [int(v) for v in args.resize_candidates.split(",")] if args.resize_candidates else None
+    out = publish(args.run, args.name, args.data, args.result, cands)
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0

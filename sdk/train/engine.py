@@ -247,7 +247,7 @@ class Trainer:
         if resume and state_path.exists():
             meta = load_state(state_path, model=self.model, optimizer=self.optimizer, extra_modules=self.losses)
             start_epoch, elapsed, history = meta["epoch"] + 1, meta["elapsed_s"], meta["history"]
-            log.info("resuming %s after epoch %d", self.out, meta["epoch"])
+            log.info("resuming %s after epoch %d", self.out, meta["epoch"] + 1)
         steps_per_epoch = len(self.train_cache) // cfg.batch_size
         if steps_per_epoch == 0:
             raise DataError(f"{self.data_root}: {len(self.train_cache)} training images, fewer than batch_size={cfg.batch_size}")

@@ -86,7 +86,8 @@ def publish(run: Path, name: str, data: str, result: str | None, resize_candidat
         "epochs": metrics.get("epochs"),
         "file_bytes": dest.stat().st_size,
         "split": metrics.get("split"),
-        "command": f"edgesplit train {run / 'config.yaml'} --out {run} --data DATASET_DIR",
+        "command": (f"edgesplit train configs/{name}.yaml --out {run} --data DATASET_DIR"
+                    if (REPO / "configs" / f"{name}.yaml").is_file() else f"bench/train_entropic.sh {name.split('_', 1)[-1]} DATASET_DIR"),
     }
     if selection is not None:
         out["eval_resize_selection"] = selection

@@ -12,3 +12,5 @@ $es train "configs/entropic_${beta}_stage1.yaml" --out "runs/entropic_${beta}_st
 $es train "configs/entropic_${beta}_stage2.yaml" --out "runs/entropic_${beta}_stage2" --data "$data" \
     --threads "$threads" --no-progress $(resume "runs/entropic_${beta}_stage2")
 $py bench/publish.py "runs/entropic_${beta}_stage2" --name "entropic_${beta}" --data "$data"
+cp "runs/entropic_${beta}_stage1/config.yaml" "samples/weights/entropic_${beta}.stage1.yaml"
+cp "runs/entropic_${beta}_stage1/log.jsonl" "samples/weights/entropic_${beta}.stage1.log.jsonl"

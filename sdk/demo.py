@@ -100,6 +100,9 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
     from .runtime.service import BackgroundServer, create_app
     from .train import load
 
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the table
     t_start = time.perf_counter()
     spec = yaml.safe_load(DEMO_FILE.read_text()) if DEMO_FILE.is_file() else None
     if not spec:
@@ -141,7 +144,7 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
                 row = {"file": str(path.relative_to(images_dir)), "label": label, "prediction": answer["labels"][0],
                        "prob": float(answer["probs"][0]), "payload_bytes": len(payload), "jpeg_iso_bytes": jpeg_bytes,
                        "jpeg_quality": jpeg_q, "device_ms": round(device_ms, 2), "server_ms": round(server_ms, 2),
-                       "matches_in_process": answer["labels"] == local.labels
+                       "matches_in_process": list(answer["labels"]) == list(local.labels)
                        and bool(np.allclose(answer["probs"], local.probs, atol=1e-6)),
                        "correct": None if label is None else answer["labels"][0] == label}
                 rows.append(row)

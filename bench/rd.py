@@ -97,15 +97,15 @@ def plot(result: dict, path: Path) -> None:
 
 
 def table(result: dict) -> str:
-    rows = ["| method | beta / quality | top-1 | mean bytes | info bytes | iso-accuracy JPEG/WebP bytes | ratio |",
+    rows = ["| method | beta / quality | top-1 (%) | mean bytes | info bytes | smallest JPEG/WebP bytes at this top-1 | bytes / that |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in result["points"]:
-        iso = p.get("iso_accuracy_baseline_bytes")
-        ratio = p.get("bytes_ratio_vs_baseline")
-        rows.append(f"| {p['method']} | {p['param'] if p['param'] is not None else '-'} | {p['top1'] * 100:.2f} | "
-                    f"{p['mean_bytes']:.0f} | {p.get('mean_information_bytes', float('nan')):.0f} | "
-                    f"{'never reached' if p['method'] == 'entropic' and iso is None else (f'{iso:.0f}' if iso else '-')} | "
-                    f"{f'1/{1 / ratio:.1f}' if ratio else '-'} |")
+        param = "-" if p["param"] is None else p["param"]
+        info = f"{p['mean_information_bytes']:.0f}" if "mean_information_bytes" in p else "-"
+        iso, ratio = p.get("iso_accuracy_baseline_bytes"), p.get("bytes_ratio_vs_baseline")
+        iso_s = "-" if p["method"] != "entropic" else ("never reached" if iso is None else f"{iso:.0f}")
+        ratio_s = f"{ratio:.2f}" if ratio else "-"
+        rows.append(f"| {p['method']} | {param} | {p['top1'] * 100:.2f} | {p['mean_bytes']:.0f} | {info} | {iso_s} | {ratio_s} |")
     return "\n".join(rows)
 
 

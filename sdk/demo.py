@@ -166,8 +166,10 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
         full = None
         if "full_student" in spec:
             full_ckpt = _weights(spec, "full_student")
-            say(f"exporting compressed full student {full_ckpt.name} ...")
-            fb = export_checkpoint(full_ckpt, Path(tmp) / "full", formats=("openvino",), verify=True,
+            precision = spec.get("full_student_precision", "int8")
+            say(f"exporting full student {full_ckpt.name} at {precision} (OpenVINO) ...")
+            fb = export_checkpoint(full_ckpt, Path(tmp) / "full", formats=("openvino",), precision=precision,
+                                   calib=images_dir if images[0][1] is not None else None, calib_images=len(images),
                                    progress=lambda s: say(f"  {s}"))
             model = DeviceModel.open(fb, backend="openvino", top_k=1)
             correct, times = 0, []
@@ -176,10 +178,10 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
                 pred = model.predict(path)
                 times.append((time.perf_counter() - t0) * 1e3)
                 correct += int(label is not None and pred.labels[0] == label)
-            full = {"checkpoint": full_ckpt.name, "accuracy": correct / len(labelled) if labelled else None,
+            full = {"checkpoint": full_ckpt.name, "precision": precision, "accuracy": correct / len(labelled) if labelled else None,
                     "median_ms": float(np.median(times))}
             full_acc = "n/a" if full["accuracy"] is None else f"{full['accuracy'] * 100:.1f}%"
-            say(f"full student on the device (DeviceModel, openvino): accuracy {full_acc}, "
+            say(f"{precision} full student on the device (DeviceModel, openvino): accuracy {full_acc}, "
                 f"median {full['median_ms']:.1f} ms/image")
         for closer in (encoder, decoder, reference):
             closer.close()

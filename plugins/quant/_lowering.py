@@ -83,7 +83,16 @@ def _unit(conv: BinaryConv2d, bn: nn.BatchNorm2d) -> BinaryUnit:
 
 @torch.no_grad()
 def lower(model: nn.Module) -> LoweredNet:
-    """Arrays of an eval-mode ``BinaryResNet``; any other model is an ``ExportError``."""
+    """Arrays of a ``BinaryResNet`` read in eval mode (its mode is restored); any other model is an ``ExportError``."""
+    was = model.training
+    model.eval()
+    try:
+        return _lower(model)
+    finally:
+        model.train(was)
+
+
+def _lower(model: nn.Module) -> LoweredNet:
     if not isinstance(model, BinaryResNet):
         raise ExportError(f"the 1-bit exporters take a BinaryResNet (student 'binary'), got {type(model).__name__}")
     stem_conv, stem_bn, _, pool = model.stem

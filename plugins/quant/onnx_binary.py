@@ -92,12 +92,7 @@ def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as exc:
         raise BackendUnavailable("ONNX export needs onnx; install it with: pip install 'edgesplit[export]'") from exc
-    was = model.training
-    model.eval()
-    try:
-        net = lower(model)
-    finally:
-        model.train(was)
+    net = lower(model)
     g = _Graph(helper, numpy_helper)
     x = g.op("Relu", [_real_conv(g, "input", net.stem)])
     x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])

@@ -109,12 +109,7 @@ def build_openvino_model(model: nn.Module, input_shape: tuple[int, int, int, int
     """
     if len(input_shape) != 4:
         raise ExportError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
-    was = model.training
-    model.eval()
-    try:
-        net = lower(model)
-    finally:
-        model.train(was)
+    net = lower(model)
     return _emit(net, tuple(int(s) for s in input_shape), binary)  # type: ignore[arg-type]
 
 

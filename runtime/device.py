@@ -85,7 +85,25 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-class _Runner:
+class _SessionInfo:
+    """What a backend session actually runs on, read back from it (shared by the device and server classes)."""
+
+    session: Session
+
+    @property
+    def backend(self) -> str:
+        return self.session.backend
+
+    @property
+    def device(self) -> str:
+        return self.session.device
+
+    @property
+    def threads(self) -> int | None:
+        return self.session.threads
+
+
+class _Runner(_SessionInfo):
     """What DeviceEncoder and DeviceModel share: a bundle, one session on its image part, preprocessing."""
 
     kind = ""
@@ -114,18 +132,6 @@ class _Runner:
         opened = as_bundle(bundle)
         _require_kind(opened, cls.kind, cls.__name__)
         return opened, open_part(opened, cls.part, backend, device=device, threads=threads, options=options)
-
-    @property
-    def backend(self) -> str:
-        return self.session.backend
-
-    @property
-    def device(self) -> str:
-        return self.session.device
-
-    @property
-    def threads(self) -> int | None:
-        return self.session.threads
 
     @property
     def fingerprint(self) -> bytes:

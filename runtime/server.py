@@ -19,7 +19,8 @@ from edgesplit.bundle import Bundle
 from edgesplit.errors import BitstreamError, BundleError
 
 from .backends import Session, open_part
-from .device import DEFAULT_TOP_K, Prediction, _check_top_k, _ms, _require_kind, as_bundle, predictions_from_logits
+from .device import (DEFAULT_TOP_K, Prediction, _check_top_k, _ms, _require_kind, _SessionInfo, as_bundle,
+                     predictions_from_logits)
 
 __all__ = ["ForeignPayloadError", "ServerDecoder"]
 
@@ -32,7 +33,7 @@ class ForeignPayloadError(BitstreamError):
     """A well-formed payload made by another bundle (its fingerprint is not this bundle's)."""
 
 
-class ServerDecoder:
+class ServerDecoder(_SessionInfo):
     """Decodes payloads made by ``DeviceEncoder`` of the same bundle into predictions.
 
     ``decode_batch`` runs the decoder graph once for all payloads. ``last_timings``: unpack, entropy, graph,
@@ -80,18 +81,6 @@ class ServerDecoder:
     @property
     def labels(self) -> list[str]:
         return list(self._labels)
-
-    @property
-    def backend(self) -> str:
-        return self.session.backend
-
-    @property
-    def device(self) -> str:
-        return self.session.device
-
-    @property
-    def threads(self) -> int | None:
-        return self.session.threads
 
     def __repr__(self) -> str:
         return (f"ServerDecoder(bundle={str(self.bundle.path)!r}, backend={self.backend!r}, device={self.device!r}, "

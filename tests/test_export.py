@@ -577,3 +577,36 @@ def test_split_student_bundle(ckpt: Path, tmp_path: Path) -> None:
         # through the codec: what the server decodes is what the device encoded
         payload = codec.encode(symbols[0])
         np.testing.assert_array_equal(codec.decode(payload, bundle.latent_shape), symbols[0])
+
+
+def test_runtime_round_trip_equals_torch(ckpt: Path, tmp_path: Path) -> None:
+    """DeviceEncoder -> payload -> ServerDecoder on an exported split bundle gives torch's symbols and logits."""
+    from edgesplit import bitstream
+    from edgesplit.preprocess import eval_crop
+    from edgesplit.runtime import DeviceEncoder, ServerDecoder
+
+    if "entropic" not in registry.available("student"):
+        pytest.skip("the split student 'entropic' (edgesplit.plugins.entropic) is not available")
+    torch.manual_seed(2)
+    student = registry.create("student", "entropic", teacher=str(ckpt), bottleneck_channels=8, encoder_channels=16,
+                              decoder_channels=24)
+    path = tmp_path / "student.safetensors"
+    save_checkpoint(student.eval(), path,
+                    model_config={"kind": "student", "name": "entropic", "params": student.recipe_params},
+                    labels=LABELS, preprocess=SPEC.to_dict())
+    student = load(path)
+    bundle = export_checkpoint(path, tmp_path / "split", **FAST)
+    images = list(np.random.default_rng(4).integers(0, 256, (3, 45, 60, 3), dtype=np.uint8))
+    crops = np.stack([eval_crop(im, bundle.preprocess) for im in images])
+    with torch.no_grad():
+        want_symbols = student.encode_symbols(to_input(crops, bundle.preprocess))
+        want_logits = student.decode_symbols(want_symbols).numpy()
+    for backend in ("onnxruntime", "openvino"):
+        encoder = DeviceEncoder.open(bundle, backend=backend, threads=1)
+        decoder = ServerDecoder.open(bundle, backend=backend, threads=1, top_k=3)
+        payloads = encoder.encode_batch(images)
+        for i, payload in enumerate(payloads):
+            frame = bitstream.unpack(payload, expected_fingerprint=bundle.fingerprint)
+            np.testing.assert_array_equal(bundle.codec().decode(frame.payload, frame.shape), want_symbols[i].numpy())
+        for i, pred in enumerate(decoder.decode_batch(payloads)):
+            np.testing.assert_allclose(pred.logits, want_logits[i], rtol=0, atol=1e-4)

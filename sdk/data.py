@@ -63,7 +63,9 @@ class ImageFolder:
                 files = files[:limit_per_class]
             samples.extend(Sample(p, index[folder]) for p in files)
         if not samples:
-            raise DataError(f"{self.root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+            nested = [f for f in folders if any(p.is_dir() for p in (self.root / f).iterdir())]
+            hint = f"; did you mean {self.root / nested[0]}?" if len(nested) == 1 else ""
+            raise DataError(f"{self.root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders{hint}")
         self.samples = samples
 
     def __len__(self) -> int:

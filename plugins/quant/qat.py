@@ -6,14 +6,16 @@ LSQ: Esser et al., "Learned Step Size Quantization", arXiv:1902.08153.
 
 from __future__ import annotations
 
+import copy
 import math
+import types
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, ExportError
 from edgesplit.registry import create, register
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "LsqQuantizer",
     "QConv2d",
     "QLinear",
+    "export_module",
     "quantize_model",
     "quantized_layers",
     "qat_student",
@@ -238,6 +241,71 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
 
 
+
+class _ExportQuant(nn.Module):
+    """An ``LsqQuantizer`` at export: ``edgesplit.export.qdq.fake_quant`` (ONNX QuantizeLinear/DequantizeLinear)
+    with the learned step as scale and zero point 0.
+
+    8-bit: int8 (-128, 127), or uint8 (0, 255) for an unsigned activation quantizer: one Q/DQ pair, exact.
+    Fewer bits: the b-bit grid is a subset of the int8 grid at the same scale (|Qn|, Qp <= 2^(b-1) resp. 2^b - 1
+    <= 127), so ``x`` is first clamped in float to [Qn s, Qp s] and then passed through an int8 Q/DQ at scale
+    ``s``: round(clamp(x, Qn s, Qp s) / s) * s == round(clamp(x / s, Qn, Qp)) * s (the bounds are integers), i.e.
+    the model's own b-bit fake quantization; backends see int8 Q/DQ (signed, so TensorRT takes it too), though
+    the values only use 2^b of its levels. Weights are clamped once, when the export module is built.
+    """
+
+    def __init__(self, quant: "LsqQuantizer", *, axis: int, clamp: bool) -> None:
+        super().__init__()
+        qn, qp = quant.bounds()
+        self.register_buffer("scale", quant.scale.detach().clamp_min(1e-8).to(torch.float32).clone())
+        self.axis = axis
+        self.qmin, self.qmax = (0, 255) if (quant.bits == 8 and qn == 0) else (-128, 127)
+        # the float clamp that restricts the int8 grid to the b-bit one (activations below 8 bits)
+        self.lo = float(qn) * float(self.scale) if clamp else None
+        self.hi = float(qp) * float(self.scale) if clamp else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from edgesplit.export.qdq import fake_quant
+
+        if self.lo is not None:
+            x = x.clamp(self.lo, self.hi)
+        return fake_quant(x, self.scale, axis=self.axis, qmin=self.qmin, qmax=self.qmax)
+
+
+def export_module(model: nn.Module) -> nn.Module:
+    """An exportable copy of a QAT model (normalized float NCHW -> logits, like its eval forward) whose quantized
+    layers express their weight (per output channel, axis 0) and activation (per tensor) quantizers with
+    ``edgesplit.export.qdq.fake_quant`` at the learned steps, so the exporter keeps those scales as Q/DQ pairs
+    instead of calibrating its own. Sub-8-bit layers emulate their grid exactly with int8 Q/DQ (``_ExportQuant``).
+    BatchNorm and everything else are left as they are. The model is not modified.
+
+    Raises ``ExportError`` if a quantizer has not been initialised (the model never saw a batch, so its steps
+    are still placeholders).
+    """
+    layers = quantized_layers(model)
+    if not layers:
+        raise ExportError(f"{type(model).__name__} has no QConv2d/QLinear layer: nothing to export as Q/DQ")
+    fresh = [f"{name}.{q}" for name, layer in layers.items() for q in ("weight_quant", "act_quant")
+             if not bool(getattr(layer, q).initialized)]
+    if fresh:
+        raise ExportError(f"QAT model: quantizer steps are not initialised ({', '.join(fresh[:3])}"
+                          f"{', ...' if len(fresh) > 3 else ''}); run a forward pass on data (or train) before "
+                          "exporting, so the learned scales exist")
+    out = copy.deepcopy(model).eval()
+    out.__dict__.pop("export_module", None)  # the copy is the export module: no further indirection
+    with torch.no_grad():
+        for name in layers:
+            layer = out.get_submodule(name)
+            wq, aq = layer.weight_quant, layer.act_quant
+            qn, qp = wq.bounds()
+            s = wq.scale.detach().clamp_min(1e-8).view(-1, *([1] * (layer.weight.dim() - 1)))
+            # clamp the weight to its b-bit range once (a no-op on what int8 Q/DQ computes at 8 bits)
+            layer.weight = nn.Parameter(torch.clamp(layer.weight.detach(), qn * s, qp * s), requires_grad=False)
+            layer.weight_quant = _ExportQuant(wq, axis=0, clamp=False)
+            layer.act_quant = _ExportQuant(aq, axis=1, clamp=aq.bits < 8)
+    return out.requires_grad_(False)
+
+
 @register("student", "qat")
 def qat_student(backbone: str, backbone_params: dict[str, Any] | None = None, weight_bits: int = 8,
                 act_bits: int = 8, num_classes: int = 1000, keep_first_last: bool = True, first_last_bits: int = 8,
@@ -252,4 +320,6 @@ def qat_student(backbone: str, backbone_params: dict[str, Any] | None = None, we
                    weight_init=weight_init, act_init=act_init)
     model.quant_config = {"weight_bits": weight_bits, "act_bits": act_bits,  # type: ignore[assignment]
                           "keep_first_last": keep_first_last, "first_last_bits": first_last_bits}
+    # the exporter traces this instead of the model, so the bundle keeps the learned scales (edgesplit.export)
+    model.export_module = types.MethodType(export_module, model)  # type: ignore[assignment]
     return model

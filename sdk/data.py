@@ -49,9 +49,11 @@ class ImageFolder:
             self.classes = list(classes)
             unknown = [f for f in folders if f not in self.classes]
             if unknown:
+                inner = [f for f in unknown if any((self.root / f / c).is_dir() for c in self.classes)]
+                hint = f"; the class folders seem to be in {self.root / inner[0]}" if inner else ""
                 raise DataError(
                     f"{self.root}: folder(s) {', '.join(unknown)} are not classes of this model "
-                    f"(model labels: {', '.join(self.classes)})"
+                    f"(model labels: {', '.join(self.classes)}){hint}"
                 )
         index = {c: i for i, c in enumerate(self.classes)}
         samples: list[Sample] = []

@@ -336,7 +336,7 @@ RECIPES = sorted((REPO / "configs").glob("entropic_*_stage1.yaml"))
 
 
 def test_recipes_cover_five_betas_in_two_stages() -> None:
-    assert len(RECIPES) == 5
+    assert len(RECIPES) >= 5
     betas = []
     for stage1_path in RECIPES:
         stage1 = load_train_config(stage1_path)
@@ -350,7 +350,7 @@ def test_recipes_cover_five_betas_in_two_stages() -> None:
         betas.append(stage1.losses[1].weight)
         assert [l.name for l in stage2.losses] == ["kd", "ce"]
         assert stage2.init == f"runs/{stage1.name}/model.safetensors"
-    assert len(set(betas)) == 5
+    assert len(set(betas)) == len(RECIPES)  # one recipe per beta
 
 
 def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:

@@ -541,19 +541,25 @@ def test_export_cli_module_does_not_import_torch() -> None:
 
 
 # -- a split student ------------------------------------------------------------------------------------------------
-def test_split_student_bundle(ckpt: Path, tmp_path: Path) -> None:
+def _tiny_split_checkpoint(ckpt: Path, tmp_path: Path, seed: int) -> tuple[Path, Any]:
+    """A tiny Entropic Student on the tiny teacher, saved and reloaded; medians spread so rounding around them
+    is exercised."""
     if "entropic" not in registry.available("student"):
         pytest.skip("the split student 'entropic' (edgesplit.plugins.entropic) is not available")
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     student = registry.create("student", "entropic", teacher=str(ckpt), bottleneck_channels=8, encoder_channels=16,
                               decoder_channels=24)
-    with torch.no_grad():  # spread the medians so that the rounding around them is exercised
+    with torch.no_grad():
         student.bottleneck.quantiles[:, 0, :] += torch.randn(8, 1) * 0.3
     path = tmp_path / "student.safetensors"
     save_checkpoint(student.eval(), path,
                     model_config={"kind": "student", "name": "entropic", "params": student.recipe_params},
                     labels=LABELS, preprocess=SPEC.to_dict())
-    student = load(path)
+    return path, load(path)
+
+
+def test_split_student_bundle(ckpt: Path, tmp_path: Path) -> None:
+    path, student = _tiny_split_checkpoint(ckpt, tmp_path, seed=1)
     bundle = Bundle.open(export_checkpoint(path, tmp_path / "split", **FAST).path)
     m = bundle.manifest
     assert bundle.kind == "split" and set(m["parts"]) == {"encoder", "decoder"}
@@ -585,16 +591,7 @@ def test_runtime_round_trip_equals_torch(ckpt: Path, tmp_path: Path) -> None:
     from edgesplit.preprocess import eval_crop
     from edgesplit.runtime import DeviceEncoder, ServerDecoder
 
-    if "entropic" not in registry.available("student"):
-        pytest.skip("the split student 'entropic' (edgesplit.plugins.entropic) is not available")
-    torch.manual_seed(2)
-    student = registry.create("student", "entropic", teacher=str(ckpt), bottleneck_channels=8, encoder_channels=16,
-                              decoder_channels=24)
-    path = tmp_path / "student.safetensors"
-    save_checkpoint(student.eval(), path,
-                    model_config={"kind": "student", "name": "entropic", "params": student.recipe_params},
-                    labels=LABELS, preprocess=SPEC.to_dict())
-    student = load(path)
+    path, student = _tiny_split_checkpoint(ckpt, tmp_path, seed=2)
     bundle = export_checkpoint(path, tmp_path / "split", **FAST)
     images = list(np.random.default_rng(4).integers(0, 256, (3, 45, 60, 3), dtype=np.uint8))
     crops = np.stack([eval_crop(im, bundle.preprocess) for im in images])

@@ -85,6 +85,13 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
+def _one_image(image: ImageInput, method: str, batch_method: str) -> ImageInput:
+    """``image`` if it is a single image; a list or a 4-D array is a ``DataError`` pointing at the batch method."""
+    if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
+        raise DataError(f"{method} takes one image; use {batch_method}() for several")
+    return image
+
+
 class _SessionInfo:
     """What a backend session actually runs on, read back from it (shared by the device and server classes)."""
 
@@ -221,9 +228,7 @@ class DeviceEncoder(_Runner):
 
     def encode(self, image: ImageInput) -> bytes:
         """One image -> one payload (a bitstream frame carrying this bundle's fingerprint)."""
-        if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
-            raise DataError("DeviceEncoder.encode takes one image; use encode_batch() for several")
-        return self.encode_batch([image])[0]
+        return self.encode_batch([_one_image(image, "DeviceEncoder.encode", "encode_batch")])[0]
 
     def encode_batch(self, images: Sequence[ImageInput]) -> list[bytes]:
         """Several images -> one payload each, in order (graph calls of up to ``batch_size`` images)."""
@@ -263,9 +268,7 @@ class DeviceModel(_Runner):
 
     def predict(self, image: ImageInput) -> Prediction:
         """One image -> its top-k prediction."""
-        if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
-            raise DataError("DeviceModel.predict takes one image; use predict_batch() for several")
-        return self.predict_batch([image])[0]
+        return self.predict_batch([_one_image(image, "DeviceModel.predict", "predict_batch")])[0]
 
     def predict_batch(self, images: Sequence[ImageInput]) -> list[Prediction]:
         """Several images -> one prediction each, in order."""

@@ -45,6 +45,21 @@ class BasicBlock(nn.Module):
         return self.act2(x + shortcut)
 
 
+def resnet_channels(width: float) -> list[int]:
+    """Stage widths of a ResNet scaled by ``width`` (at least 8 channels each)."""
+    return [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
+
+
+def resnet_stem(in_chans: int, out_chs: int) -> nn.Sequential:
+    """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool: stride 4."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chs, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    )
+
+
 class ResNet(Backbone):
     """ResNet with named stages; ``width`` scales every stage's channels."""
 
@@ -57,13 +72,8 @@ class ResNet(Backbone):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        chs = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, chs[0], 7, 2, 3, bias=False),
-            nn.BatchNorm2d(chs[0]),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
+        chs = resnet_channels(width)
+        self.stem = resnet_stem(in_chans, chs[0])
         in_chs = chs[0]
         for i, (n, c) in enumerate(zip(layers, chs)):
             blocks = [BasicBlock(in_chs if j == 0 else c, c, stride=(1 if i == 0 or j > 0 else 2)) for j in range(n)]

@@ -20,6 +20,7 @@ from torch import nn
 from edgesplit.errors import ConfigError
 from edgesplit.registry import register
 from edgesplit.plugins.backbones import Backbone, ClassifierHead
+from edgesplit.plugins.backbones.resnet import resnet_channels, resnet_stem
 
 __all__ = [
     "ESTIMATORS",
@@ -354,13 +355,8 @@ class BinaryResNet(Backbone):
                                 act_estimator=create_estimator(a_name, a_params), scale=scale,
                                 learnable_threshold=learnable_threshold)
 
-        chs = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, chs[0], 7, 2, 3, bias=False),
-            nn.BatchNorm2d(chs[0]),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
+        chs = resnet_channels(width)
+        self.stem = resnet_stem(in_chans, chs[0])
         in_chs = chs[0]
         for i, (n, c) in enumerate(zip(layers, chs)):
             blocks = [BiRealBlock(in_chs if j == 0 else c, c, 1 if i == 0 or j > 0 else 2, make_conv)

@@ -350,7 +350,11 @@ def test_recipes_cover_five_betas_in_two_stages() -> None:
         betas.append(stage1.losses[1].weight)
         assert [l.name for l in stage2.losses] == ["kd", "ce"]
         assert stage2.init == f"runs/{stage1.name}/model.safetensors"
+        assert stage1.init == "runs/entropic_base/model.safetensors"
     assert len(set(betas)) == len(RECIPES)  # one recipe per beta
+    base = load_train_config(REPO / "configs" / "entropic_base.yaml")
+    assert base.init is None and base.freeze == ["tail"] and base.model.params == stage1.model.params
+    assert [l.name for l in base.losses] == ["feature_mse", "rate", "aux"] and base.losses[1].weight == min(betas)
 
 
 def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:

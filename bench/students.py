@@ -1,0 +1,248 @@
+"""Quantized and binarized students: accuracy, size and speed per variant -> bench/results/students.json.
+
+    python bench/students.py --data ../shared/datasets/imagenette2-160/train --split val --threads 2
+
+For each committed student (samples/weights/student_*.safetensors, made by configs/student_*.yaml):
+  * top-1 on the held-out split through ``edgesplit eval`` on the checkpoint (torch),
+  * parameters, MACs at the input size, bytes on disk of the checkpoint (fp16 or packed 1-bit) and, for binary
+    students, the binary layers' weight storage packed vs float32,
+  * an exported bundle (fp32 for the float student, int8 from the model's own Q/DQ for the QAT students, 1-bit for
+    binary students) timed at batch 1 with ``--threads`` threads on onnxruntime and OpenVINO (median of ``--runs``),
+    with the bundle's bytes on disk,
+  * for binary students: the whole model on OpenVINO with the 1-bit ``BinaryConvolution`` kernel against the same
+    graph with dense FP32 convolutions, and the binary layers' share of each (OpenVINO's per-layer profiling).
+
+Prints the markdown table for bench/BENCHMARKS.md; ``--table-only`` re-prints it from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# variant, config, estimator, weight bits (binary layers), activation bits, export precision
+VARIANTS = [
+    ("fp32", "student_fp32", None, 32, 32, "fp32"),
+    ("int8", "student_int8", None, 8, 8, "int8"),
+    ("int4", "student_int4", None, 4, 4, "int8"),
+    ("binary-ste", "student_binary_ste", "ste", 1, 1, "fp32"),
+    ("binary-reste", "student_binary_reste", "reste", 1, 1, "fp32"),
+    ("binary-biper", "student_binary_biper", "biper", 1, 1, "fp32"),
+]
+
+
+def _median_ms(fn: Any, runs: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(statistics.median(times))
+
+
+def _profile_by_type(compiled: Any, x: np.ndarray, runs: int) -> dict[str, float]:
+    """Median over ``runs`` inferences of the summed real time (ms) per executed layer type (OpenVINO PERF_COUNT)."""
+    request = compiled.create_infer_request()
+    for _ in range(3):
+        request.infer({0: x})
+    samples: dict[str, list[float]] = defaultdict(list)
+    for _ in range(runs):
+        request.infer({0: x})
+        per: dict[str, float] = defaultdict(float)
+        for info in request.profiling_info:
+            per[info.node_type] += info.real_time.total_seconds() * 1e3
+        for k, v in per.items():
+            samples[k].append(v)
+    return {k: float(statistics.median(v)) for k, v in samples.items()}
+
+
+def binary_kernel(model: Any, size: int, threads: int, runs: int) -> dict[str, Any]:
+    """The 1-bit OpenVINO graph against its dense FP32 twin (same function): whole-model median latency, the
+    number of layers executed as BinaryConvolution, and the time spent in the binary layers of each."""
+    import torch  # noqa: F401  (the lowering reads the torch model)
+
+    from edgesplit.plugins.quant.openvino_binary import (binary_layer_types, build_openvino_model, compile_model,
+                                                          time_compiled)
+
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    out: dict[str, Any] = {}
+    compiled = {}
+    for name, binary in (("binary", True), ("fp32", False)):
+        ov_model = build_openvino_model(model, (1, 3, size, size), binary=binary)
+        compiled[name] = compile_model(ov_model, config={"INFERENCE_NUM_THREADS": threads})
+        out[f"{name}_ms"] = time_compiled(compiled[name], x, runs=runs, warmup=10)["median_ms"]
+        prof = compile_model(ov_model, config={"INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
+        out[f"{name}_profile_ms"] = _profile_by_type(prof, x, max(20, runs // 5))
+    types = binary_layer_types(compiled["binary"])
+    out["binary_convolutions"] = types.get("BinaryConvolution", 0)
+    out["dense_convolutions_in_binary_graph"] = types.get("Convolution", 0)
+    with_torch = model(torch.from_numpy(x)).detach().numpy()
+    for name in ("binary", "fp32"):
+        req = compiled[name].create_infer_request()
+        got = np.array(req.infer({0: x})[compiled[name].outputs[0]])
+        out[f"{name}_max_abs_vs_torch"] = float(np.abs(got - with_torch).max())
+    # the real convolutions (stem, downsampling shortcuts) are the same in both graphs; what the FP32 twin spends in
+    # Convolution beyond the binary graph's Convolution time is its binary layers
+    bp, fp = out["binary_profile_ms"], out["fp32_profile_ms"]
+    out["binary_layers_ms"] = {"binary": bp.get("BinaryConvolution", 0.0),
+                               "fp32": max(fp.get("Convolution", 0.0) - bp.get("Convolution", 0.0), 0.0)}
+    out["speedup_whole_model"] = out["fp32_ms"] / out["binary_ms"]
+    b = out["binary_layers_ms"]
+    out["speedup_binary_layers"] = b["fp32"] / b["binary"] if b["binary"] > 0 else None
+    out["binary_layers_share"] = {"binary": b["binary"] / sum(bp.values()), "fp32": b["fp32"] / sum(fp.values())}
+    return out
+
+
+def measure(variant: tuple, data: str, split: str, threads: int, runs: int, calib: str, limit: int | None
+            ) -> dict[str, Any]:
+    import torch
+
+    from edgesplit.export import export_checkpoint
+    from edgesplit.plugins.backbones import count_macs
+    from edgesplit.runtime.backends import open_part
+    from edgesplit.train import load
+    from edgesplit.train.evaluate import evaluate_checkpoint
+
+    name, config, estimator, wbits, abits, precision = variant
+    ckpt = REPO / "samples/weights" / f"{config}.safetensors"
+    if not ckpt.is_file():
+        raise SystemExit(f"{ckpt}: missing; train configs/{config}.yaml and publish it first")
+    model = load(ckpt)
+    info = model.edgesplit_info
+    size = int(info["preprocess"]["size"])
+    entry: dict[str, Any] = {
+        "variant": name, "estimator": estimator, "weight_bits": wbits, "activation_bits": abits,
+        "checkpoint": str(ckpt.relative_to(REPO)), "config": f"configs/{config}.yaml",
+        "seed": info.get("train_config", {}).get("seed"),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "macs": int(count_macs(model, torch.zeros(1, 3, size, size))),
+        "checkpoint_bytes": ckpt.stat().st_size,
+    }
+    try:
+        from edgesplit.plugins.quant.binary import binary_layers
+
+        layers = binary_layers(model)
+    except ImportError:
+        layers = {}
+    if layers:
+        n = sum(int(l.weight.numel()) for l in layers.values())
+        packed = sum(int(v.numel() * v.element_size()) for l in layers.values() for v in l.packed().values()
+                     if v.dtype != torch.int64)
+        entry["binary_layers"] = {"layers": len(layers), "weights": n, "fp32_bytes": 4 * n, "packed_bytes": packed,
+                                  "compression": 4 * n / packed}
+    t0 = time.time()
+    ev = evaluate_checkpoint(ckpt, data, split=split, limit=limit)
+    entry.update(top1=ev["top1"], images=ev["images"], eval_s=round(time.time() - t0, 1))
+    print(f"[{name}] top-1 {ev['top1']:.4f} on {ev['images']} images", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="edgesplit-students-") as tmp:
+        out = Path(tmp) / f"{name}.bundle"
+        bundle = export_checkpoint(ckpt, out, formats="onnx,openvino", precision=precision, calib=calib,
+                                   calib_images=20, threads=threads)
+        report = json.loads((out / "export_report.json").read_text())
+        entry["bundle"] = {"precision": precision,
+                           "bytes": {r["backend"]: r["bytes"] for r in report["rows"]},
+                           "parity": {r["backend"]: r["parity"] for r in report["rows"]},
+                           "notes": report.get("notes", [])}
+        image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+        latency = {}
+        for backend in ("onnxruntime", "openvino"):
+            session = open_part(bundle, "model", backend, threads=threads)
+            latency[backend] = _median_ms(lambda: session.run({"image": image}), runs)
+            del session
+        entry["latency_ms_b1"] = latency
+        print(f"[{name}] latency b1 x{threads} threads: " +
+              ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items()), flush=True)
+    if layers:
+        entry["openvino_1bit"] = binary_kernel(model, size, threads, runs)
+        k = entry["openvino_1bit"]
+        print(f"[{name}] OpenVINO 1-bit {k['binary_ms']:.2f} ms vs FP32 {k['fp32_ms']:.2f} ms "
+              f"({k['binary_convolutions']} BinaryConvolution)", flush=True)
+    return entry
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| variant | estimator | bits W/A | top-1 | params | MACs | checkpoint | bundle (ORT / OV) | "
+            "ORT b1 | OV b1 | OV 1-bit vs FP32 (whole) | binary layers: 1-bit vs FP32 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in results["variants"]:
+        k = e.get("openvino_1bit")
+        whole = f"{k['binary_ms']:.2f} / {k['fp32_ms']:.2f} ms ({k['speedup_whole_model']:.2f}x)" if k else "-"
+        if k and k.get("speedup_binary_layers"):
+            bl = k["binary_layers_ms"]
+            layers = f"{bl['binary']:.2f} / {bl['fp32']:.2f} ms ({k['speedup_binary_layers']:.2f}x)"
+        else:
+            layers = "-"
+        b = e["bundle"]["bytes"]
+        rows.append(
+            f"| {e['variant']} | {e['estimator'] or '-'} | {e['weight_bits']}/{e['activation_bits']} | "
+            f"{100 * e['top1']:.2f}% | {e['params'] / 1e6:.2f} M | {e['macs'] / 1e6:.1f} M | "
+            f"{e['checkpoint_bytes'] / 1e6:.2f} MB | {b.get('onnxruntime', 0) / 1e6:.2f} / "
+            f"{b.get('openvino', 0) / 1e6:.2f} MB | {e['latency_ms_b1']['onnxruntime']:.2f} ms | "
+            f"{e['latency_ms_b1']['openvino']:.2f} ms | {whole} | {layers} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="ImageFolder the students were trained on (its held-out split is used)")
+    ap.add_argument("--split", default="val", choices=["val", "all"])
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=200, help="timed runs per latency (median)")
+    ap.add_argument("--calib", default=str(REPO / "samples/images"), help="calibration/parity images for export")
+    ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    ap.add_argument("--out", default=str(REPO / "bench/results/students.json"))
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.table_only:
+        print(table(json.loads(out.read_text())))
+        return 0
+    if not args.data:
+        ap.error("--data is required")
+    wanted = args.variants.split(",")
+    unknown = set(wanted) - {v[0] for v in VARIANTS}
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(v[0] for v in VARIANTS)}")
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    previous = json.loads(out.read_text()) if out.is_file() else {"variants": []}
+    kept = {e["variant"]: e for e in previous.get("variants", [])}
+    for v in VARIANTS:
+        if v[0] in wanted:
+            kept[v[0]] = measure(v, args.data, args.split, args.threads, args.runs, args.calib, args.limit)
+    results = {
+        "command": "python bench/students.py " + " ".join(sys.argv[1:]),
+        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "split": args.split,
+        "variants": [kept[v[0]] for v in VARIANTS if v[0] in kept],
+    }
+    from edgesplit.export._exporter import _cpu_name
+
+    results["cpu"] = _cpu_name()
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

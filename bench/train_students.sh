@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Train and publish the quantized/binarized students in order: FP32 (distilled from the teacher), then INT8 and
+# INT4 QAT and the three binary students, each started from the FP32 student (their `init:`). A finished run
+# (metrics.json present) is skipped, an interrupted one resumed.
+#   bench/train_students.sh DATASET_DIR [THREADS] [VARIANT ...]     e.g. bench/train_students.sh ../data/train 1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=$1; threads=${2:-2}; shift $(( $# >= 2 ? 2 : $# ))
+variants=${*:-fp32 int8 int4 binary_ste binary_reste binary_biper}
+es=.venv/bin/edgesplit
+for v in $variants; do
+    run=runs/student_$v
+    if [ ! -f "$run/metrics.json" ]; then
+        resume=; [ -f "$run/state.safetensors" ] && resume=--resume
+        $es train "configs/student_$v.yaml" --out "$run" --data "$data" --threads "$threads" --no-progress $resume
+    fi
+    .venv/bin/python bench/publish.py "$run" --name "student_$v" --data "$data" > "$run/publish.json"
+done

@@ -1,4 +1,5 @@
-"""``export_checkpoint``: a checkpoint -> a verified bundle (ONNX, OpenVINO IR, TensorRT plan; fp32, fp16 or int8).
+"""``export_checkpoint``: a checkpoint -> a verified bundle (ONNX, OpenVINO IR, TensorRT plan; fp32, fp16 or int8;
+binary students with their 1-bit layers kept).
 
 Everything is written through ``BundleWriter`` (a temporary directory renamed into place), so a failure at any step
 leaves no partial bundle.
@@ -159,6 +160,12 @@ def export_checkpoint(
     ``ExportError`` with the numbers unless ``verify=False``. ``threads``: CPU threads for the parity and latency
     sessions (None: the backends' defaults). ``progress`` receives one line per step.
 
+    A binary student (one with 1-bit layers, e.g. student ``binary``) takes ``precision="fp32"`` only (binary layers
+    at 1 bit, the rest float32; others are a ``ConfigError``): its ``model.onnx`` carries the binary layers as INT8
+    Q/DQ (onnxruntime, TensorRT), and its OpenVINO part is ``binary/model.npz``, the packed network (1 bit per binary
+    weight) from which the runtime builds a ``BinaryConvolution`` graph at load time (manifest entry
+    ``{builder: binary-v1, model: binary/model.npz}``).
+
     Returns the opened bundle; ``export_report.json`` inside it holds the figures (see ``report_table``).
     """
     backends = parse_formats(formats)
@@ -189,7 +196,7 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
             threads: int | None, tol: dict[str, float]) -> Bundle:
     from edgesplit.train.checkpoint import load
 
-    from . import _onnxruntime, _openvino
+    from . import _binary, _onnxruntime, _openvino
     from . import tensorrt as trt_export
     from ._graphs import OPSET, exact_nodes, export_onnx, graph_specs, has_own_qdq, io_spec, is_split
 
@@ -200,8 +207,12 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
         labels = [str(v) for v in info["labels"]]
         split = is_split(model)
         kind = "split" if split else "full"
+        n_binary = _binary.binary_layer_count(model)  # > 0: its own graphs (binary layers stay 1-bit)
+    if n_binary:
+        _binary.check_exportable(ckpt.name, n_binary, precision, split)
+    binary_weights = _binary.weight_sizes(model) if n_binary else None
     steps.say(f"loaded {ckpt.name}: {kind} model {info['model'].get('name', '?')!r}, {len(labels)} labels, "
-              f"input {spec.size}x{spec.size}")
+              f"input {spec.size}x{spec.size}" + (f", {n_binary} binary layers" if n_binary else ""))
 
     with steps.step("calibration"):
         cal = calibration_images(calib, spec, labels, calib_images)
@@ -211,13 +222,19 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
 
     # -- torch -> ONNX (fp32: the source of every other artifact) -------------------------------------------------
     with steps.step("onnx"):
-        specs = graph_specs(model, spec)
-        parts = [g.part for g in specs]
-        inputs = {g.part: g.input_name for g in specs}
-        fp32_path = {g.part: scratch / f"{g.part}.fp32.onnx" for g in specs}
-        fp32_model = {g.part: export_onnx(g, fp32_path[g.part]) for g in specs}
-    steps.say(f"torch -> ONNX (opset {OPSET}, dynamic batch): {', '.join(p + '.onnx' for p in parts)}")
-    own_qdq = any(has_own_qdq(m) for m in fp32_model.values())
+        if n_binary:  # built from the lowered arrays, not traced: binary layers become INT8 Q/DQ with +-1 values
+            parts, inputs = ["model"], {"model": "image"}
+            fp32_path = {"model": scratch / "model.fp32.onnx"}
+            fp32_model = {"model": _binary.write_onnx(model, spec, fp32_path["model"])}
+        else:
+            specs = graph_specs(model, spec)
+            parts = [g.part for g in specs]
+            inputs = {g.part: g.input_name for g in specs}
+            fp32_path = {g.part: scratch / f"{g.part}.fp32.onnx" for g in specs}
+            fp32_model = {g.part: export_onnx(g, fp32_path[g.part]) for g in specs}
+    steps.say(f"{'binary student' if n_binary else 'torch'} -> ONNX (opset {OPSET}, dynamic batch): "
+              f"{', '.join(p + '.onnx' for p in parts)}")
+    own_qdq = not n_binary and any(has_own_qdq(m) for m in fp32_model.values())
     if own_qdq and precision != "int8":
         raise ConfigError(f"{ckpt.name}: the model exports its own int8 quantizers (Q/DQ); export it with "
                           "--precision int8")
@@ -254,6 +271,8 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
             else:
                 source = fp32_path
                 what = "as exported" + (" (the model's own Q/DQ)" if own_qdq else "")
+                if n_binary:
+                    what = f"{n_binary} binary layers as INT8 Q/DQ with values in {{-1,+1}}, the rest float32"
                 if precision == "fp16":
                     source = {g.part: scratch / f"{g.part}.fp16.onnx" for g in specs}
                     for g in graph_specs(model, spec, half=True):
@@ -292,7 +311,13 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
     if "onnxruntime" in backends:
         for p in parts:
             files[p]["onnxruntime"] = {"model": f"{p}.onnx"}
-    if "openvino" in backends:
+    if "openvino" in backends and binary_weights is not None:
+        with steps.step("openvino binary"):
+            files["model"]["openvino"] = _binary.write_openvino(model, spec, writer.path(_binary.OPENVINO_FILE))
+        steps.say(f"OpenVINO: {_binary.OPENVINO_FILE} ({_size(binary_weights['packed'])} of packed sign bits for "
+                  f"{n_binary} binary layers, {_size(binary_weights['fp32'])} as float32), built into a "
+                  "BinaryConvolution graph at load time")
+    elif "openvino" in backends:
         with steps.step(f"openvino {precision}"):
             for part in parts:
                 ov_model = _openvino.convert(fp32_path[part])
@@ -356,12 +381,15 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
                 sample = {inputs[part]: part_inputs(part)[:1]}
                 latency = round(median_latency_ms(runners[part], sample), 4)
             rel = files[part][backend]
-            rows.append({
+            row = {
                 "format": _FORMAT_OF[backend], "backend": backend, "precision": precision, "part": part,
                 "file": rel["model"], "bytes": _bytes(writer.path(rel[k]) for k in ("model", "weights") if k in rel),
                 "device": "gpu" if backend == "tensorrt" else "cpu",
                 "latency_ms_b1": latency, "parity": _part_figures(part, figures),
-            })
+            }
+            if n_binary:
+                row["binary"] = _binary_row(backend, n_binary, None if runners is None else runners[part])
+            rows.append(row)
 
     if failures and verify:
         raise ExportError(f"parity check failed for {ckpt.name} ({precision}, {cal.describe()}, batch 1 and 3): "
@@ -376,6 +404,9 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
         "tensorrt_unsupported_ops": trt_unsupported,
         "cpu": _cpu_name(), "threads": threads, "steps": steps.records,
     }
+    if n_binary:
+        report["binary"] = {"layers": n_binary, "int8_note": _binary.int8_note(), "openvino_builder": _binary.BUILDER,
+                            "weights_bytes": binary_weights}
     writer.path(REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     manifest: dict[str, Any] = {
@@ -388,6 +419,7 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
         "labels": labels,
         "opset": OPSET,
         "precision": precision,
+        **({"binary_layers": n_binary} if n_binary else {}),
         "versions": _versions(backends, precision),
         "source": {"checkpoint": ckpt.name, "sha256": sha256_file(ckpt), "model": info["model"]},
     }
@@ -414,6 +446,13 @@ def _runners(backend: str, writer: BundleWriter, files: Mapping[str, Mapping[str
 
     if backend == "onnxruntime":
         return {p: _onnxruntime.OrtRunner(writer.path(files[p][backend]["model"]), threads) for p in parts}
+    if backend == "openvino" and any("builder" in files[p][backend] for p in parts):
+        # a graph built at load time: check it through the runtime's own session, the code a device runs
+        from edgesplit.runtime.backends import open_session
+
+        return {p: open_session(backend, writer.path(files[p][backend]["model"]), "cpu", threads,
+                                options={"INFERENCE_PRECISION_HINT": _openvino.INFERENCE_PRECISION},
+                                builder=files[p][backend].get("builder")) for p in parts}
     if backend == "openvino":
         return {p: _openvino.OvRunner(writer.path(files[p][backend]["model"]), threads) for p in parts}
     from .tensorrt import PlanRunner
@@ -422,6 +461,23 @@ def _runners(backend: str, writer: BundleWriter, files: Mapping[str, Mapping[str
         return {p: PlanRunner(writer.path(files[p][backend]["model"])) for p in parts}
     except BackendUnavailable:
         return None
+
+
+def _binary_row(backend: str, layers: int, runner: Any) -> dict[str, Any]:
+    """How a backend runs a binary student's 1-bit layers: OpenVINO's count is read from its compiled graph."""
+    if backend != "openvino":
+        return {"layers": layers, "runs_as": "INT8 Q/DQ"}
+    return {"layers": layers, "runs_as": "BinaryConvolution",
+            "binary_convolutions": getattr(runner, "binary_convolutions", None)}
+
+
+def _binary_text(info: Mapping[str, Any] | None) -> str:
+    if not info:
+        return ""
+    if info.get("runs_as") == "BinaryConvolution":
+        count = info.get("binary_convolutions")
+        return f"{'?' if count is None else count}/{info['layers']} as BinaryConvolution"
+    return f"{info['layers']} as {info['runs_as']}"
 
 
 def _part_figures(part: str, figures: Mapping[str, Any]) -> dict[str, Any]:
@@ -456,14 +512,18 @@ def _size(n: int) -> str:
 
 def report_table(report: Mapping[str, Any]) -> str:
     """The report as a fixed-width table (what ``edgesplit export`` prints)."""
-    header = ("format", "precision", "part", "file", "size", "parity", "latency b1")
+    binary = any("binary" in r for r in report["rows"])
+    header: tuple[str, ...] = ("format", "precision", "part", "file", "size", "parity", "latency b1")
+    if binary:
+        header += ("binary layers",)
     lines = [header]
     for r in report["rows"]:
         latency = f"{r['latency_ms_b1']:.3f} ms" if r.get("latency_ms_b1") is not None else "n/a"
         if r.get("device") == "gpu" and r.get("latency_ms_b1") is not None:
             latency += " (GPU)"
-        lines.append((r["format"], r["precision"], r["part"], r["file"], _size(int(r["bytes"])),
-                      _parity_text(r["parity"]), latency))
+        line: tuple[str, ...] = (r["format"], r["precision"], r["part"], r["file"], _size(int(r["bytes"])),
+                                 _parity_text(r["parity"]), latency)
+        lines.append(line + ((_binary_text(r.get("binary")),) if binary else ()))
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
@@ -471,4 +531,6 @@ def report_table(report: Mapping[str, Any]) -> str:
     out.append(f"parity on {report['calibration']}, batch 1 and 3: {status}; latency: median at batch 1 on "
                f"{report.get('cpu') or 'this CPU'}" + (f", {report['threads']} thread(s)" if report.get("threads")
                                                         else ""))
+    if any(r.get("binary", {}).get("runs_as") == "INT8 Q/DQ" for r in report["rows"]):
+        out.append(f"onnx and tensorrt: {report['binary']['int8_note']}")
     return "\n".join(out)

@@ -16,11 +16,15 @@ import numpy as np
 from edgesplit.errors import BackendUnavailable, BundleError, ConfigError, DataError, EdgesplitError
 from edgesplit.registry import get, register
 
-__all__ = ["BACKENDS", "Session", "open_session", "open_part"]
+from . import binary_graph
+
+__all__ = ["BACKENDS", "BUILDERS", "Session", "open_session", "open_part"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+# graph builders per backend: a bundle part ``{builder: NAME, model: FILE}`` is built in memory from FILE
+BUILDERS: dict[str, tuple[str, ...]] = {"openvino": (binary_graph.BUILDER,)}
 Shape = tuple[int | None, ...]  # None: a dynamic dim (batch)
 
 
@@ -262,10 +266,20 @@ def _ov_shape(partial: Any) -> Shape:
 
 
 class OpenVinoSession(Session):
+    """An OpenVINO IR (``path`` + ``weights``), or with ``builder`` a graph built in memory from ``path``.
+
+    Builder ``binary-v1`` (``binary_graph``): a 1-bit student's packed file becomes a graph whose binary convolutions
+    run as ``BinaryConvolution``. That kernel has no dynamic-shape version on OpenVINO 2026.4's CPU plugin ("Doesn't
+    support op with dynamic shapes"), so the graph is compiled at batch 1 and a batch runs image by image: callers
+    still see a dynamic batch, one compile serves every batch size, and on CPU a Bi-Real-18 at batch 1 x 32 was
+    measured no slower than one compile at batch 32.
+    """
+
     backend = "openvino"
 
     def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
-                 weights: str | Path | None = None, options: Mapping[str, Any] | None = None) -> None:
+                 weights: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                 builder: str | None = None) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -283,12 +297,16 @@ class OpenVinoSession(Session):
             raise BackendUnavailable(f"backend 'openvino': device {device!r} is not available here (available: "
                                      f"{', '.join(d.lower() for d in available) or 'none'})")
         path = Path(path)
-        try:
-            model = core.read_model(str(path), None if weights is None else str(weights))
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-            if not path.is_file():
-                raise BundleError(f"{path}: no such model file") from exc
-            raise BundleError(f"{path}: OpenVINO cannot read this model: {exc}") from exc
+        self.builder = builder
+        if builder is not None:
+            model = _built_model(path, builder, weights)
+        else:
+            try:
+                model = core.read_model(str(path), None if weights is None else str(weights))
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+                if not path.is_file():
+                    raise BundleError(f"{path}: no such model file") from exc
+                raise BundleError(f"{path}: OpenVINO cannot read this model: {exc}") from exc
         # CPUs with bf16 units would otherwise run an fp32 graph in bf16 (OpenVINO's CPU default there).
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", **dict(options or {})}
         if threads is not None:
@@ -313,35 +331,75 @@ class OpenVinoSession(Session):
             self.inference_precision = None
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: its output tensors are reused between calls
-        inputs = {p.get_any_name(): (np.dtype(p.get_element_type().to_dtype()), _ov_shape(p.get_partial_shape()))
+        self._per_image = builder is not None  # compiled at batch 1 (see the class docstring)
+
+        def shape(port: Any) -> Shape:
+            dims = _ov_shape(port.get_partial_shape())
+            return (None, *dims[1:]) if self._per_image and dims else dims
+
+        inputs = {p.get_any_name(): (np.dtype(p.get_element_type().to_dtype()), shape(p))
                   for p in self._compiled.inputs}
-        outputs = {p.get_any_name(): (np.dtype(p.get_element_type().to_dtype()), _ov_shape(p.get_partial_shape()))
+        outputs = {p.get_any_name(): (np.dtype(p.get_element_type().to_dtype()), shape(p))
                    for p in self._compiled.outputs}
         self._output_ports = {p.get_any_name(): p for p in self._compiled.outputs}
+        self.layer_types: dict[str, int] | None = None
+        if builder is not None:  # what the plugin made of the graph: are the binary layers 1-bit kernels?
+            self.layer_types = dict(binary_graph.binary_layer_types(self._compiled))
         super().__init__(path, device=",".join(d.lower() for d in used), threads=used_threads, inputs=inputs,
                          outputs=outputs)
 
+    @property
+    def binary_convolutions(self) -> int | None:
+        """How many ``BinaryConvolution`` nodes the compiled graph runs (None: not a built binary graph)."""
+        return None if self.layer_types is None else int(self.layer_types.get("BinaryConvolution", 0))
+
     def _details(self) -> dict[str, Any]:
-        return {"execution_devices": self.execution_devices, "inference_precision": self.inference_precision}
+        details: dict[str, Any] = {"execution_devices": self.execution_devices,
+                                   "inference_precision": self.inference_precision}
+        if self.builder is not None:
+            details.update(builder=self.builder, binary_convolutions=self.binary_convolutions)
+        return details
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._request.infer(feeds)
+        return {name: np.array(result[port], copy=True) for name, port in self._output_ports.items()}
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
-            result = self._request.infer(feeds)
-            return {name: np.array(result[port], copy=True) for name, port in self._output_ports.items()}
+            if not self._per_image:
+                return self._infer(feeds)
+            n = len(next(iter(feeds.values())))
+            rows = [self._infer({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+            return {name: np.concatenate([r[name] for r in rows]) for name in self._output_ports}
 
     def close(self) -> None:
         self._request = None
         self._compiled = None
 
 
+def _built_model(path: Path, builder: str, weights: str | Path | None) -> Any:
+    """The ``openvino.Model`` that graph builder ``builder`` makes from ``path``, reshaped to batch 1."""
+    if builder != binary_graph.BUILDER:
+        raise BundleError(f"{path}: graph builder {builder!r} is unknown to this edgesplit (it builds "
+                          f"{', '.join(BUILDERS['openvino'])}); upgrade edgesplit or re-export the bundle")
+    if weights is not None:
+        raise BundleError(f"{path}: builder {builder!r} reads one file; a separate weights file is not expected")
+    model = binary_graph.openvino_model_from_file(path)
+    dims = list(model.input(0).get_partial_shape())
+    model.reshape({model.input(0): [1, *(int(d.get_length()) for d in dims[1:])]})
+    return model
+
+
 @register("backend", "openvino")
 def openvino_session(path: str | Path, *, device: str = "cpu", threads: int | None = None,
-                     weights: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Session:
+                     weights: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                     builder: str | None = None) -> Session:
     """OpenVINO. Devices: those in ``openvino.Core().available_devices`` (cpu, gpu, gpu.1, npu, ...).
 
     Runs in f32 unless ``options`` (compile properties) say otherwise, e.g. ``{"INFERENCE_PRECISION_HINT": "bf16"}``.
+    ``builder``: build the graph in memory from ``path`` (``BUILDERS['openvino']``) instead of reading an IR.
     """
-    return OpenVinoSession(path, device=device, threads=threads, weights=weights, options=options)
+    return OpenVinoSession(path, device=device, threads=threads, weights=weights, options=options, builder=builder)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -471,32 +529,48 @@ def _factory(backend: Any) -> Any:
     return get("backend", backend)
 
 
+def _check_builder(backend: str, builder: Any, where: str) -> None:
+    if builder is not None and builder not in BUILDERS.get(backend, ()):
+        known = ", ".join(BUILDERS.get(backend, ())) or "none"
+        raise BundleError(f"{where}: graph builder {builder!r} is unknown for backend {backend!r} (this edgesplit "
+                          f"builds: {known}); upgrade edgesplit or re-export the bundle")
+
+
 def open_session(backend: str, path: str | Path, device: str = "cpu", threads: int | None = None, *,
-                 weights: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Session:
+                 weights: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                 builder: str | None = None) -> Session:
     """Open graph ``path`` with ``backend`` (a registered name) on ``device``.
 
     Raises ``PluginError`` for an unknown backend name, ``BackendUnavailable`` when the backend or device is
     missing (with the extra to install), ``BundleError`` when the file cannot be read as a model.
     ``options`` are backend-specific (ONNX Runtime session config entries, OpenVINO compile properties).
+    ``builder``: ``path`` is not a graph but what one of ``BUILDERS[backend]`` builds a graph from in memory.
     """
     factory = _factory(backend)
+    if builder is None:
+        return factory(Path(path), device=device, threads=threads, weights=weights,  # type: ignore[no-any-return]
+                       options=options)
+    _check_builder(backend, builder, str(path))
     return factory(Path(path), device=device, threads=threads, weights=weights,  # type: ignore[no-any-return]
-                   options=options)
+                   options=options, builder=builder)
 
 
 def open_part(bundle: Any, part: str, backend: str, device: str = "cpu", threads: int | None = None, *,
               options: Mapping[str, Any] | None = None) -> Session:
-    """Open ``part`` of an opened ``Bundle`` with ``backend``: its model file plus OpenVINO's weights if any.
+    """Open ``part`` of an opened ``Bundle`` with ``backend``: its model file plus OpenVINO's weights if any, or
+    the file its ``builder`` makes a graph from (``BUILDERS``; an unknown builder is a ``BundleError``).
 
     The bundle's ``runtime.<backend>`` options (what the exporter checked parity with) apply unless ``options``
     overrides them key by key.
     """
-    factory = _factory(backend)  # an unknown name is a PluginError, not "not exported for that backend"
+    _factory(backend)  # an unknown name is a PluginError, not "not exported for that backend"
     model = bundle.file(part, backend, "model")
     entry = bundle.manifest["parts"][part][backend] or {}
     weights = bundle.file(part, backend, "weights") if "weights" in entry else None
+    builder = entry.get("builder")
+    _check_builder(backend, builder, f"{bundle.path}: parts.{part}.{backend}")
     recorded = (bundle.manifest.get("runtime") or {}).get(backend) or {}
     if not isinstance(recorded, Mapping):
         raise BundleError(f"{bundle.path}: manifest runtime.{backend} must map option names to values")
-    return factory(model, device=device, threads=threads, weights=weights,  # type: ignore[no-any-return]
-                   options={**recorded, **dict(options or {})})
+    return open_session(backend, model, device, threads, weights=weights, options={**recorded, **dict(options or {})},
+                        builder=builder)

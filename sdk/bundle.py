@@ -99,7 +99,13 @@ class Bundle:
             if not isinstance(backends, dict):
                 raise BundleError(f"{mpath}: parts.{part} must map backends to files")
             for backend, entry in backends.items():
-                for rel in (entry or {}).values():
+                if entry is not None and not isinstance(entry, dict):
+                    raise BundleError(f"{mpath}: parts.{part}.{backend} must map keys to files")
+                for key, rel in (entry or {}).items():
+                    if key == "builder":  # a graph built in memory from the entry's files (the runtime knows which)
+                        if not isinstance(rel, str) or not rel:
+                            raise BundleError(f"{mpath}: parts.{part}.{backend}.builder must be a name, got {rel!r}")
+                        continue
                     if isinstance(rel, str) and rel not in files:
                         raise BundleError(f"{mpath}: parts.{part}.{backend} names {rel!r}, which is not in 'files'")
         return bundle

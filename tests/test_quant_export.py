@@ -1,17 +1,26 @@
-"""A QAT student exports its own Q/DQ: the learned LSQ steps become the scales of QuantizeLinear/DequantizeLinear
-pairs (``export_module`` in ``plugins/quant/qat.py``), and the int8 exporter uses them instead of calibrating.
+"""Quantized and binary students in bundles.
 
+A QAT student exports its own Q/DQ: the learned LSQ steps become the scales of QuantizeLinear/DequantizeLinear
+pairs (``export_module`` in ``plugins/quant/qat.py``), and the int8 exporter uses them instead of calibrating.
 Tiny ResNet-18 (width 0.125, 10 classes, 32x32), 4-bit inner layers (emulated exactly on the int8 grid) and
 8-bit first/last layers, scales initialised by one forward pass on random data.
+
+A binary student exports ``model.onnx`` (binary layers as INT8 Q/DQ) and ``binary/model.npz`` (1 bit per binary
+weight), from which the runtime builds OpenVINO's ``BinaryConvolution`` graph at load time, without torch.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch", reason="export needs torch (pip install edgesplit[train])")
 onnx = pytest.importorskip("onnx", reason="export needs onnx (pip install edgesplit[export])")
@@ -20,10 +29,18 @@ ort = pytest.importorskip("onnxruntime", reason="parity needs onnxruntime (pip i
 pytest.importorskip("openvino", reason="the OpenVINO exporter needs openvino (pip install edgesplit[export])")
 
 from edgesplit import registry  # noqa: E402
-from edgesplit.errors import ExportError  # noqa: E402
-from edgesplit.export import REPORT_FILE, export_checkpoint  # noqa: E402
+from edgesplit.bundle import MANIFEST, Bundle  # noqa: E402
+from edgesplit.cli import main  # noqa: E402
+from edgesplit.errors import BundleError, ConfigError, ExportError  # noqa: E402
+from edgesplit.export import REPORT_FILE, TOLERANCES, export_checkpoint, report_table  # noqa: E402
+from edgesplit.export import tensorrt as trt_export  # noqa: E402
+from edgesplit.plugins.quant._lowering import lower  # noqa: E402
+from edgesplit.plugins.quant.binary import binary_layers  # noqa: E402
+from edgesplit.plugins.quant.onnx_binary import INT8_NOTE  # noqa: E402
 from edgesplit.plugins.quant.qat import quantized_layers  # noqa: E402
-from edgesplit.preprocess import Preprocess  # noqa: E402
+from edgesplit.preprocess import Preprocess, eval_crop  # noqa: E402
+from edgesplit.runtime import DeviceModel, open_part, open_session  # noqa: E402
+from edgesplit.runtime.binary_graph import InputSpec, load_net, save_net  # noqa: E402
 from edgesplit.train import to_input  # noqa: E402
 from edgesplit.train.checkpoint import load, save_checkpoint  # noqa: E402
 
@@ -112,3 +129,232 @@ def test_qat_exports_its_own_qdq(tmp_path: Path) -> None:
     assert got.shape == ref.shape
     assert (got.argmax(1) == ref.argmax(1)).all()
     assert np.abs(got - ref).max() <= 0.02 * (ref.max() - ref.min())
+
+
+# -- binary students: model.onnx (INT8 Q/DQ) + binary/model.npz (packed bits, BinaryConvolution at load) -------------
+#
+# Tiny Bi-Real ResNet (one block per stage, width 0.125: 8 binary layers, channels 8 to 64), 3 classes named like
+# conftest's image folder so `edgesplit eval` can run on it, BatchNorm statistics from two training-mode passes.
+
+BINARY_PARAMS = {"layers": [1, 1, 1, 1], "width": 0.125, "num_classes": 3}
+BINARY_LABELS = ["apple", "banana", "cherry"]  # conftest.CLASSES
+
+
+def _binary_checkpoint(path: Path) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = registry.create("student", "binary", **BINARY_PARAMS)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, 3, SIZE, SIZE))
+    model.eval()
+    save_checkpoint(model, path, model_config={"kind": "student", "name": "binary", "params": BINARY_PARAMS},
+                    labels=BINARY_LABELS, preprocess=SPEC.to_dict())
+    return path, load(path)  # what the exporter sees: the packed checkpoint, reloaded
+
+
+@pytest.fixture(scope="module")
+def binary_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    return _binary_checkpoint(tmp_path_factory.mktemp("binary") / "binary.safetensors")
+
+
+@pytest.fixture(scope="module")
+def binary_bundle(binary_ckpt: tuple[Path, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    said: list[str] = []
+    bundle = export_checkpoint(binary_ckpt[0], tmp_path_factory.mktemp("out") / "binary-fp32",
+                               formats="onnx,openvino", calib_images=6, threads=1, progress=said.append)
+    assert any("8 binary layers" in line for line in said), said
+    return bundle
+
+
+def _binary_images(n: int, seed: int) -> list[np.ndarray]:
+    """Synthetic photos of assorted sizes (the runtime crops them)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(SIZE + 5 * i, SIZE + 9 - 2 * i, 3), dtype=np.uint8) for i in range(n)]
+
+
+def _torch_logits(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
+    crops = np.stack([eval_crop(image, SPEC) for image in images])
+    with torch.no_grad():
+        return model(to_input(crops, SPEC)).numpy()
+
+
+def test_binary_bundle_manifest_and_report(binary_bundle: Any) -> None:
+    m = binary_bundle.manifest
+    assert m["kind"] == "full" and m["precision"] == "fp32" and m["binary_layers"] == 8
+    assert m["parts"]["model"] == {"onnxruntime": {"model": "model.onnx"},
+                                   "openvino": {"builder": "binary-v1", "model": "binary/model.npz"}}
+    assert {"model.onnx", "binary/model.npz"} <= set(m["files"])  # hashed like every other file
+    assert not list(binary_bundle.path.glob("openvino/*"))  # no dense IR
+    assert m["io"]["model"] == {"inputs": {"image": {"shape": [-1, SIZE, SIZE, 3], "dtype": "uint8"}},
+                                "outputs": {"logits": {"shape": [-1, 3], "dtype": "float32"}}}
+    report = json.loads((binary_bundle.path / REPORT_FILE).read_text())
+    assert report["passed"] and report["binary"]["layers"] == 8 and report["binary"]["int8_note"] == INT8_NOTE
+    rows = {r["format"]: r for r in report["rows"]}
+    assert rows["onnx"]["binary"] == {"layers": 8, "runs_as": "INT8 Q/DQ"}
+    assert rows["openvino"]["binary"] == {"layers": 8, "runs_as": "BinaryConvolution", "binary_convolutions": 8}
+    for row in rows.values():  # parity of both backends against torch, at the tolerances the exporter states
+        assert row["parity"]["max_abs_logits"] <= TOLERANCES["fp32"]["max_abs_logits"]
+        assert row["parity"]["top1_agreement"] == 1.0 and row["latency_ms_b1"] > 0
+        assert row["bytes"] == (binary_bundle.path / row["file"]).stat().st_size
+    table = report_table(report)
+    assert "8/8 as BinaryConvolution" in table and "8 as INT8 Q/DQ" in table and INT8_NOTE in table
+
+
+def test_binary_onnx_has_the_bundle_contract_and_int8_binary_layers(binary_bundle: Any) -> None:
+    proto = onnx.load(str(binary_bundle.file("model", "onnxruntime")))
+    (image,), (logits,) = proto.graph.input, proto.graph.output
+    assert image.name == "image" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [SIZE, SIZE, 3]  # dynamic batch, NHWC
+    assert logits.name == "logits" and logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops[:2] == ["Cast", "Transpose"] and ops.count("QuantizeLinear") == 8  # normalization inside
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.startswith("binary_w")]
+    assert len(weights) == 8 and all(w.dtype == np.int8 and set(np.unique(w)) <= {-1, 1} for w in weights)
+    assert trt_export.unsupported_ops(proto) == []  # TensorRT's parser takes this graph too
+
+
+def test_binary_npz_stores_one_bit_per_binary_weight(binary_bundle: Any, binary_ckpt: Any) -> None:
+    path = binary_bundle.file("model", "openvino")
+    layers = binary_layers(binary_ckpt[1])
+    counts = [layer.weight.numel() for layer in layers.values()]
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert arrays["units.signs"].dtype == np.uint8 and arrays["units.signs"].size == sum(-(-n // 8) for n in counts)
+    assert max(a.size for a in arrays.values() if a.dtype == np.float32) < sum(counts)  # no dense +-1 array
+    # the file is its arrays plus ~300 bytes of zip and .npy headers each (15 arrays, whatever the depth)
+    assert len(arrays) == 15 and path.stat().st_size <= sum(a.nbytes for a in arrays.values()) + 300 * len(arrays)
+    weights = json.loads((binary_bundle.path / REPORT_FILE).read_text())["binary"]["weights_bytes"]
+    assert weights == {"binary_layers": 8, "binary_weights": sum(counts), "packed": arrays["units.signs"].nbytes,
+                       "fp32": 4 * sum(counts)}
+    assert weights["fp32"] / weights["packed"] == 32  # every layer's count is a multiple of 8 here
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_binary_device_model_matches_torch(binary_bundle: Any, binary_ckpt: Any, backend: str) -> None:
+    images = _binary_images(5, seed=3)
+    want = _torch_logits(binary_ckpt[1], images)
+    with DeviceModel.open(binary_bundle.path, backend=backend, threads=1, top_k=1) as model:
+        assert model.session.input_shapes["image"] == (None, SIZE, SIZE, 3)  # a dynamic batch to callers
+        batch = model.predict_batch(images)  # one graph call of 5 images
+        single = [model.predict(image) for image in images[:2]]
+        if backend == "openvino":
+            assert model.session.info()["binary_convolutions"] == 8
+    got = np.stack([p.logits for p in batch])
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCES["fp32"]["max_abs_logits"])
+    np.testing.assert_array_equal([p.indices[0] for p in batch], want.argmax(1))
+    np.testing.assert_allclose(np.stack([p.logits for p in single]), got[:2], rtol=0, atol=1e-6)
+
+
+def test_binary_openvino_runtime_graph_runs_binary_convolution(binary_bundle: Any) -> None:
+    session = open_part(binary_bundle, "model", "openvino", threads=1)
+    types = session.layer_types  # binary_layer_types of the compiled model: what OpenVINO's CPU plugin executes
+    assert types is not None and types["BinaryConvolution"] == 8 and session.binary_convolutions == 8, types
+    # the float convolutions left are the stem and the three 1x1 shortcuts; each FakeQuantize binarizes the input
+    # of one BinaryConvolution
+    assert types["Convolution"] == 4 and types["FakeQuantize"] == 8
+    assert session.info()["builder"] == "binary-v1" and session.info()["inference_precision"] == "f32"
+
+
+def _copy(bundle: Any, root: Path) -> Path:
+    shutil.copytree(bundle.path, root)
+    return root
+
+
+def test_binary_tampered_npz_is_refused(binary_bundle: Any, tmp_path: Path) -> None:
+    root = _copy(binary_bundle, tmp_path / "b")
+    npz = root / "binary" / "model.npz"
+    data = bytearray(npz.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one sign bit (the packed signs are the middle of the file)
+    npz.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"binary/model.npz does not match its sha256"):
+        Bundle.open(root)
+    with pytest.raises(BundleError, match="sha256"):
+        DeviceModel.open(root, backend="openvino")
+
+
+def test_binary_unknown_builder_is_refused(binary_bundle: Any, tmp_path: Path) -> None:
+    for backend, builder in (("openvino", "binary-v9"), ("onnxruntime", "binary-v1")):
+        root = _copy(binary_bundle, tmp_path / f"{backend}-{builder}")
+        manifest = yaml.safe_load((root / MANIFEST).read_text())
+        manifest["parts"]["model"][backend]["builder"] = builder
+        (root / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
+        Bundle.open(root)  # the files are intact; the runtime is what cannot build it
+        with pytest.raises(BundleError, match=f"graph builder '{builder}' is unknown for backend '{backend}'"):
+            DeviceModel.open(root, backend=backend)
+    with pytest.raises(BundleError, match="graph builder 'nope' is unknown"):
+        open_session("openvino", binary_bundle.file("model", "openvino"), builder="nope")
+
+
+def test_binary_file_round_trip_and_malformed_files(binary_ckpt: Any, tmp_path: Path) -> None:
+    net = lower(binary_ckpt[1])
+    spec = InputSpec(SIZE, SPEC.mean, SPEC.std)
+    path = tmp_path / "net.npz"
+    save_net(path, net, spec)
+    back, image = load_net(path)
+    assert image == InputSpec(SIZE, tuple(np.float32(SPEC.mean).tolist()), tuple(np.float32(SPEC.std).tolist()))
+    assert [b.pool for b in back.blocks] == [b.pool for b in net.blocks]
+    for a, b in zip(back.units(), net.units()):
+        assert np.array_equal(a.signs, b.signs) and np.array_equal(a.alpha, b.alpha) and a.stride == b.stride
+    for a, b in zip([back.stem] + [b.downsample for b in back.blocks], [net.stem] + [b.downsample for b in net.blocks]):
+        assert (a is None) == (b is None) and (a is None or np.array_equal(a.weight, b.weight))
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    broken = {
+        "short signs": {**arrays, "units.signs": arrays["units.signs"][:-1]},
+        "signs as int8": {**arrays, "units.signs": arrays["units.signs"].astype(np.int8)},
+        "huge geometry": {**arrays, "units.geometry": arrays["units.geometry"] * 1000},
+        "bad shortcut": {**arrays, "blocks": arrays["blocks"] + 7},
+        "other builder": {**arrays, "builder": np.array("binary-v2")},
+    }
+    for bad in broken.values():
+        np.savez(tmp_path / "bad.npz", **bad)
+        with pytest.raises(BundleError, match="re-export the bundle"):
+            load_net(tmp_path / "bad.npz")
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(BundleError, match="not a readable .npz"):
+        load_net(tmp_path / "garbage.npz")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_binary_student_takes_fp32_only(binary_ckpt: Any, tmp_path: Path, precision: str) -> None:
+    dest = tmp_path / precision
+    with pytest.raises(ConfigError, match=r"binary student \(8 binary layers\) exports with --precision fp32 only"):
+        export_checkpoint(binary_ckpt[0], dest, precision=precision, calib_images=6, threads=1)
+    assert not dest.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(f".{precision}.")]
+
+
+def test_binary_bundle_runs_without_torch(binary_bundle: Any, binary_ckpt: Any) -> None:
+    code = (
+        "import sys, json, numpy as np\n"
+        "from edgesplit.runtime import DeviceModel\n"
+        "images = [np.random.default_rng(5).integers(0, 256, (40, 36, 3), dtype=np.uint8) for _ in range(2)]\n"
+        "out = {b: [p.logits.tolist() for p in DeviceModel.open(sys.argv[1], backend=b, threads=1)"
+        ".predict_batch(images)] for b in ('openvino', 'onnxruntime')}\n"
+        "out['torch'] = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "print(json.dumps(out))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(binary_bundle.path)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["torch"] == []
+    want = _torch_logits(binary_ckpt[1], [np.random.default_rng(5).integers(0, 256, (40, 36, 3), dtype=np.uint8)] * 2)
+    for backend in ("openvino", "onnxruntime"):
+        np.testing.assert_allclose(np.array(out[backend]), want, rtol=0, atol=1e-4, err_msg=backend)
+
+
+def test_eval_cli_on_a_binary_bundle(binary_bundle: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from .conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", per_class=2)
+    for backend in ("openvino", "onnxruntime"):
+        assert main(["eval", str(binary_bundle.path), "--data", str(data), "--backend", backend, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["backend"] == backend and result["images"] == 6 and 0.0 <= result["top1"] <= 1.0

@@ -1,60 +1,20 @@
-"""A trained ``BinaryResNet`` in eval mode as plain numpy arrays, BatchNorm folded: what the OpenVINO and ONNX
-graph builders emit, so both compute the same function as the torch model."""
+"""A trained ``BinaryResNet`` in eval mode as plain numpy arrays (``edgesplit.runtime.binary_graph.LoweredNet``),
+BatchNorm folded: what the OpenVINO and ONNX graph builders emit, so both compute the same function as the torch
+model."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgesplit.errors import ExportError
+from edgesplit.runtime.binary_graph import BinaryUnit, Block, LoweredNet, RealConv
 
 from .binary import BinaryConv2d, BinaryResNet, BiRealBlock
 
+# the dataclasses live in the torch-free runtime (a bundle's binary/model.npz is read without torch); re-exported
 __all__ = ["RealConv", "BinaryUnit", "Block", "LoweredNet", "lower"]
-
-
-@dataclass(frozen=True)
-class RealConv:
-    """A float convolution with BatchNorm folded into ``weight`` and ``bias``."""
-
-    weight: np.ndarray  # (O, I, kh, kw) float32
-    bias: np.ndarray  # (O,) float32
-    stride: int
-    padding: int
-
-
-@dataclass(frozen=True)
-class BinaryUnit:
-    """``bn_scale * (alpha * conv_pad-1(binarize(x - threshold), signs)) + bn_shift``."""
-
-    threshold: np.ndarray  # (I,) float32: binarize(x - threshold), i.e. +1 where x > threshold
-    signs: np.ndarray  # (O, I, kh, kw) float32 in {-1, +1}
-    alpha: np.ndarray  # (O,) float32: the binary layer's per-channel scale
-    bn_scale: np.ndarray  # (O,) float32
-    bn_shift: np.ndarray  # (O,) float32
-    stride: int
-    padding: int
-
-
-@dataclass(frozen=True)
-class Block:
-    """``y = unit1(x) + shortcut(x)``, ``z = unit2(y) + y``; shortcut = avg pool (``pool``) then ``downsample``."""
-
-    unit1: BinaryUnit
-    unit2: BinaryUnit
-    pool: int  # average-pool kernel and stride; 1: none
-    downsample: RealConv | None
-
-
-@dataclass(frozen=True)
-class LoweredNet:
-    stem: RealConv  # 7x7/2 conv, BN folded; then ReLU and a 3x3/2 max pool (padding 1)
-    blocks: list[Block]
-    fc_weight: np.ndarray  # (classes, features)
-    fc_bias: np.ndarray
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -16,8 +16,10 @@ import numpy as np
 from torch import nn
 
 from edgesplit.errors import BackendUnavailable, ExportError
+from edgesplit.preprocess import Preprocess
+from edgesplit.runtime.binary_graph import BinaryUnit, RealConv
 
-from ._lowering import BinaryUnit, RealConv, lower
+from ._lowering import lower
 
 __all__ = ["INT8_NOTE", "export_binary_onnx"]
 
@@ -81,11 +83,24 @@ def _binary_unit(g: _Graph, x: str, unit: BinaryUnit) -> str:
     return g.op("Add", [y, g.const(unit.bn_shift.reshape(per), "bn_shift")])
 
 
-def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET) -> dict[str, Any]:
+def _normalized(g: _Graph, image: str, spec: Preprocess) -> str:
+    """uint8 NHWC -> float NCHW with the spec's mean/std: the arithmetic of ``export._graphs._Normalize`` (cast
+    before transpose, so no uint8 tensor flows between ops: TensorRT takes UINT8 only at network inputs)."""
+    per = (1, 3, 1, 1)
+    x = g.op("Transpose", [g.op("Cast", [image], to=1)], perm=[0, 3, 1, 2])  # to=1: FLOAT
+    x = g.op("Div", [x, g.const(255.0)])
+    x = g.op("Sub", [x, g.const(np.asarray(spec.mean, np.float32).reshape(per), "mean")])
+    return g.op("Div", [x, g.const(np.asarray(spec.std, np.float32).reshape(per), "std")])
+
+
+def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET,
+                       image: Preprocess | None = None) -> dict[str, Any]:
     """Write ``model`` (a binary student, exported in eval mode) to ``path`` as ONNX with INT8 Q/DQ binary layers.
 
-    Inputs ``input`` (N, 3, H, W) float32, output ``logits``; batch and image size are dynamic. Returns
-    ``{"path", "binary_layers", "opset", "note"}``; the note (also logged) says how the runtimes execute it.
+    Input ``input`` (N, 3, H, W) float32 with batch and image size dynamic; or, with ``image``, the bundle contract:
+    ``image`` uint8 (N, size, size, 3), normalized inside with the spec's mean/std, batch dynamic. Output ``logits``
+    float32. Returns ``{"path", "binary_layers", "opset", "note", "model"}`` (``model``: the ``ModelProto``); the
+    note (also logged) says how the runtimes execute it.
     """
     try:
         import onnx
@@ -94,7 +109,13 @@ def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET
         raise BackendUnavailable("ONNX export needs onnx; install it with: pip install 'edgesplit[export]'") from exc
     net = lower(model)
     g = _Graph(helper, numpy_helper)
-    x = g.op("Relu", [_real_conv(g, "input", net.stem)])
+    if image is None:
+        x = "input"
+        graph_input = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    else:
+        x = _normalized(g, "image", image)
+        graph_input = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", image.size, image.size, 3])
+    x = g.op("Relu", [_real_conv(g, x, net.stem)])
     x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     for block in net.blocks:
         shortcut = x
@@ -110,8 +131,7 @@ def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET
     g.nodes.append(helper.make_node("Gemm", [x, g.const(net.fc_weight, "fc_w"), g.const(net.fc_bias, "fc_b")],
                                     ["logits"], name="fc", transB=1))
     graph = helper.make_graph(
-        g.nodes, "binary_student",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        g.nodes, "binary_student", [graph_input],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", int(net.fc_weight.shape[0])])],
         g.inits,
     )
@@ -128,4 +148,4 @@ def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET
     onnx.save(proto, str(out))
     n_binary = 2 * len(net.blocks)
     log.info("%s: %d binary layers; %s", out, n_binary, INT8_NOTE)
-    return {"path": str(out), "binary_layers": n_binary, "opset": opset, "note": INT8_NOTE}
+    return {"path": str(out), "binary_layers": n_binary, "opset": opset, "note": INT8_NOTE, "model": proto}

@@ -222,3 +222,21 @@ def other_split_bundle(tmp_path_factory: pytest.TempPathFactory, split_bundle: P
 def full_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     return cached(tmp_path_factory, "full", build_full_bundle)
+
+
+def calibrated_binary(model: Any, size: int = 32, seed: int | None = 1) -> Any:
+    """A binary student with random BatchNorm affines and running statistics from two training-mode batches, in
+    eval mode: untrained weights whose activations still straddle the binarization thresholds."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, 3, size, size))
+    return model.eval()

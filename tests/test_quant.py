@@ -29,6 +29,7 @@ from edgesplit.plugins.quant import (  # noqa: E402
     unpack_signs,
 )
 from edgesplit.plugins.quant.binary import binary_layers  # noqa: E402
+from .runtime_fixtures import calibrated_binary  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BINARY = {"layers": [1, 1, 1, 1], "width": 0.125, "num_classes": 5}
@@ -211,16 +212,7 @@ def test_pack_unpack_round_trip() -> None:
 
 
 def _calibrated(model: BinaryResNet, size: int = 32) -> BinaryResNet:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-        model.train()
-        for _ in range(2):
-            model(torch.randn(4, 3, size, size))
-    return model.eval()
+    return calibrated_binary(model, size)
 
 
 @pytest.mark.parametrize("estimator,params", [("ste", {}), ("biper", {"omega0": 8.0})])
@@ -328,4 +320,4 @@ def test_student_recipes_validate_and_build(path: Path) -> None:
     if cfg.model.kind == "backbone":
         params["num_classes"] = 10
     model = registry.create(cfg.model.kind, cfg.model.name, **params)
-    assert model.stage_channels["stage4"] == 256
+    assert model.stage_channels["stage4"] == 128  # ResNet-18 at width 0.25, for every variant

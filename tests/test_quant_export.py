@@ -36,6 +36,7 @@ from edgesplit.export import REPORT_FILE, TOLERANCES, export_checkpoint, report_
 from edgesplit.export import tensorrt as trt_export  # noqa: E402
 from edgesplit.plugins.quant._lowering import lower  # noqa: E402
 from edgesplit.plugins.quant.binary import binary_layers  # noqa: E402
+from .runtime_fixtures import calibrated_binary  # noqa: E402
 from edgesplit.plugins.quant.onnx_binary import INT8_NOTE  # noqa: E402
 from edgesplit.plugins.quant.qat import quantized_layers  # noqa: E402
 from edgesplit.preprocess import Preprocess, eval_crop  # noqa: E402
@@ -142,16 +143,7 @@ BINARY_LABELS = ["apple", "banana", "cherry"]  # conftest.CLASSES
 
 def _binary_checkpoint(path: Path) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
-    model = registry.create("student", "binary", **BINARY_PARAMS)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-        model.train()
-        for _ in range(2):
-            model(torch.randn(4, 3, SIZE, SIZE))
-    model.eval()
+    model = calibrated_binary(registry.create("student", "binary", **BINARY_PARAMS), SIZE, seed=None)
     save_checkpoint(model, path, model_config={"kind": "student", "name": "binary", "params": BINARY_PARAMS},
                     labels=BINARY_LABELS, preprocess=SPEC.to_dict())
     return path, load(path)  # what the exporter sees: the packed checkpoint, reloaded

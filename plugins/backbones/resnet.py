@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -60,6 +60,27 @@ def resnet_stem(in_chans: int, out_chs: int) -> nn.Sequential:
     )
 
 
+def build_resnet_body(net: nn.Module, layers: Sequence[int], chs: Sequence[int],
+                      block: Callable[[int, int, int], nn.Module], in_chans: int, num_classes: int,
+                      drop_rate: float) -> None:
+    """Give ``net`` a ResNet's named parts: ``stem``, ``stage1``..``stage4`` of ``block(in_chs, out_chs, stride)``
+    (stride 2 at the first block of stages 2-4), ``head``, ``stage_channels`` / ``stage_strides``, and He-normal
+    convolution weights. Shared by the float ResNet and the binary (Bi-Real) one, so their layouts and parameter
+    names match and a float checkpoint initializes a binary student."""
+    net.stem = resnet_stem(in_chans, chs[0])
+    in_chs = chs[0]
+    for i, (n, c) in enumerate(zip(layers, chs)):
+        blocks = [block(in_chs if j == 0 else c, c, 1 if i == 0 or j > 0 else 2) for j in range(int(n))]
+        setattr(net, f"stage{i + 1}", nn.Sequential(*blocks))
+        in_chs = c
+    net.head = ClassifierHead(chs[3], num_classes, drop_rate)
+    net.stage_channels = {"stem": chs[0], "stage1": chs[0], "stage2": chs[1], "stage3": chs[2], "stage4": chs[3]}
+    net.stage_strides = {"stem": 4, "stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class ResNet(Backbone):
     """ResNet with named stages; ``width`` scales every stage's channels."""
 
@@ -72,19 +93,7 @@ class ResNet(Backbone):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        chs = resnet_channels(width)
-        self.stem = resnet_stem(in_chans, chs[0])
-        in_chs = chs[0]
-        for i, (n, c) in enumerate(zip(layers, chs)):
-            blocks = [BasicBlock(in_chs if j == 0 else c, c, stride=(1 if i == 0 or j > 0 else 2)) for j in range(n)]
-            setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
-            in_chs = c
-        self.head = ClassifierHead(chs[3], num_classes, drop_rate)
-        self.stage_channels = {"stem": chs[0], "stage1": chs[0], "stage2": chs[1], "stage3": chs[2], "stage4": chs[3]}
-        self.stage_strides = {"stem": 4, "stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        build_resnet_body(self, layers, resnet_channels(width), BasicBlock, in_chans, num_classes, drop_rate)
 
 
 @register("backbone", "resnet18")

@@ -19,8 +19,8 @@ from torch import nn
 
 from edgesplit.errors import ConfigError
 from edgesplit.registry import register
-from edgesplit.plugins.backbones import Backbone, ClassifierHead
-from edgesplit.plugins.backbones.resnet import resnet_channels, resnet_stem
+from edgesplit.plugins.backbones import Backbone
+from edgesplit.plugins.backbones.resnet import build_resnet_body, resnet_channels
 
 __all__ = [
     "ESTIMATORS",
@@ -355,20 +355,10 @@ class BinaryResNet(Backbone):
                                 act_estimator=create_estimator(a_name, a_params), scale=scale,
                                 learnable_threshold=learnable_threshold)
 
-        chs = resnet_channels(width)
-        self.stem = resnet_stem(in_chans, chs[0])
-        in_chs = chs[0]
-        for i, (n, c) in enumerate(zip(layers, chs)):
-            blocks = [BiRealBlock(in_chs if j == 0 else c, c, 1 if i == 0 or j > 0 else 2, make_conv)
-                      for j in range(int(n))]
-            setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
-            in_chs = c
-        self.head = ClassifierHead(chs[3], num_classes, drop_rate)
-        self.stage_channels = {"stem": chs[0], "stage1": chs[0], "stage2": chs[1], "stage3": chs[2], "stage4": chs[3]}
-        self.stage_strides = {"stem": 4, "stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
+        build_resnet_body(self, layers, resnet_channels(width),
+                          lambda cin, cout, stride: BiRealBlock(cin, cout, stride, make_conv),
+                          in_chans, num_classes, drop_rate)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if isinstance(m, BinaryConv2d) and m.scale is not None:
                 with torch.no_grad():
                     m.scale.copy_(m.weight.abs().mean((1, 2, 3)))

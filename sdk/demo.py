@@ -28,7 +28,7 @@ __all__ = ["register_cli", "run_demo", "run_codec_demo", "DEMO_FILE"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_FILE = REPO / "samples" / "weights" / "demo.yaml"
-JPEG_QUALITIES = (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+JPEG_QUALITIES = (1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
 
 def run_codec_demo(seed: int = 0) -> dict[str, float]:
@@ -172,6 +172,9 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
                                    calib=images_dir if images[0][1] is not None else None, calib_images=len(images),
                                    progress=lambda s: say(f"  {s}"))
             model = DeviceModel.open(fb, backend="openvino", top_k=1)
+            if fb.manifest.get("binary_layers"):  # a binary student: its 1-bit layers run as BinaryConvolution
+                n = model.session.info().get("binary_convolutions")
+                precision = f"1-bit ({n} of {fb.manifest['binary_layers']} binary layers as BinaryConvolution)"
             correct, times = 0, []
             for path, label in images:
                 t0 = time.perf_counter()

@@ -160,6 +160,11 @@ def export_checkpoint(
     ``ExportError`` with the numbers unless ``verify=False``. ``threads``: CPU threads for the parity and latency
     sessions (None: the backends' defaults). ``progress`` receives one line per step.
 
+    A model that exports its own Q/DQ (a QAT student: ``export_module()`` with ``edgesplit.export.qdq.fake_quant``)
+    takes ``precision="int8"`` only and is not calibrated: its graph is used as exported, with every weight
+    quantizer (QuantizeLinear of a constant) folded into an int8 initializer read by its DequantizeLinear
+    (``_fold.fold_weight_quantizers``), so ``model.onnx`` and the OpenVINO IR start from int8 weights.
+
     A binary student (one with 1-bit layers, e.g. student ``binary``) takes ``precision="fp32"`` only (binary layers
     at 1 bit, the rest float32; others are a ``ConfigError``): its ``model.onnx`` carries the binary layers as INT8
     Q/DQ (onnxruntime, TensorRT), and its OpenVINO part is ``binary/model.npz``, the packed network (1 bit per binary
@@ -238,6 +243,10 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
     if own_qdq and precision != "int8":
         raise ConfigError(f"{ckpt.name}: the model exports its own int8 quantizers (Q/DQ); export it with "
                           "--precision int8")
+    if own_qdq:  # every graph below starts from these files: int8 weights for onnxruntime, TensorRT and OpenVINO
+        with steps.step("fold weight quantizers"):
+            folded = _fold_weights(fp32_model, fp32_path)
+        steps.say(folded)
 
     # calibration inputs per part: images, or torch's symbols for the decoder
     part_data = {p: ref.images for p in parts}
@@ -438,6 +447,34 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
     status = "parity checks passed" if not failures else "parity checks FAILED, kept because verify=False"
     steps.say(f"bundle {dest} (fingerprint {bundle.manifest['fingerprint']}, {status})")
     return bundle
+
+
+def _fold_weights(models: Mapping[str, Any], paths: Mapping[str, Path]) -> str:
+    """Fold the weight quantizers of the model's own Q/DQ graphs into integer initializers (``_fold``), check and
+    rewrite the files; returns the progress line."""
+    import onnx
+
+    from ._fold import fold_weight_quantizers
+
+    before = _bytes(paths.values())
+    folded = 0
+    kinds: set[str] = set()  # types of the integer constants that DequantizeLinear reads
+    for part, model in models.items():
+        n = fold_weight_quantizers(model)
+        if n:
+            try:
+                onnx.checker.check_model(model, full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                raise ExportError(f"part {part!r}: the graph with its weight quantizers folded is not valid ONNX: "
+                                  f"{exc}") from exc
+            onnx.save(model, str(paths[part]), save_as_external_data=False)
+        folded += n
+        dequantized = {node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+        kinds.update(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer
+                     if t.name in dequantized)
+    return (f"ONNX: folded {folded} weight quantizers into {'/'.join(sorted(kinds)) or 'integer'} initializers "
+            f"({', '.join(p.name.replace('.fp32', '') for p in paths.values())}: {_size(before)} -> "
+            f"{_size(_bytes(paths.values()))})")
 
 
 def _runners(backend: str, writer: BundleWriter, files: Mapping[str, Mapping[str, Mapping[str, str]]],

@@ -1,9 +1,10 @@
 """Quantized and binary students in bundles.
 
 A QAT student exports its own Q/DQ: the learned LSQ steps become the scales of QuantizeLinear/DequantizeLinear
-pairs (``export_module`` in ``plugins/quant/qat.py``), and the int8 exporter uses them instead of calibrating.
-Tiny ResNet-18 (width 0.125, 10 classes, 32x32), 4-bit inner layers (emulated exactly on the int8 grid) and
-8-bit first/last layers, scales initialised by one forward pass on random data.
+pairs (``export_module`` in ``plugins/quant/qat.py``), and the int8 exporter uses them instead of calibrating,
+with the weight quantizers folded into int8 initializers (``export/_fold.py``; the pass itself: ``test_fold.py``).
+Tiny ResNet-18 (width 0.125, 10 classes, 32x32), 4-bit (emulated exactly on the int8 grid) or 8-bit inner layers
+and 8-bit first/last layers, scales initialised by one forward pass on random data.
 
 A binary student exports ``model.onnx`` (binary layers as INT8 Q/DQ) and ``binary/model.npz`` (1 bit per binary
 weight), from which the runtime builds OpenVINO's ``BinaryConvolution`` graph at load time, without torch.
@@ -16,7 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -52,9 +53,9 @@ PARAMS = {"backbone": "resnet18", "backbone_params": {"width": 0.125}, "weight_b
           "num_classes": len(LABELS)}
 
 
-def _qat() -> torch.nn.Module:
+def _qat(**params: Any) -> torch.nn.Module:
     torch.manual_seed(0)
-    return registry.create("student", "qat", **PARAMS)
+    return registry.create("student", "qat", **{**PARAMS, **params})
 
 
 def test_export_module_needs_initialised_scales() -> None:
@@ -74,34 +75,59 @@ def test_export_module_matches_eval_forward_and_leaves_model_alone() -> None:
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_qat_exports_its_own_qdq(tmp_path: Path) -> None:
-    model = _qat().train()
+class _QatExport(NamedTuple):
+    bits: int
+    model: torch.nn.Module  # eval mode, steps initialised
+    ckpt: Path
+    bundle: Bundle
+    said: list[str]  # the exporter's progress lines
+
+
+@pytest.fixture(scope="module", params=[4, 8], ids=["int4", "int8"])
+def qat_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> _QatExport:
+    """A tiny QAT student (4-bit or 8-bit inner layers, 8-bit first and last) exported to onnx and openvino."""
+    bits = request.param
+    params = {**PARAMS, "weight_bits": bits, "act_bits": bits}
+    model = _qat(**params).train()
     model(torch.randn(8, 3, SIZE, SIZE))  # initialises the steps
-    ckpt = tmp_path / "qat.safetensors"
-    save_checkpoint(model.eval(), ckpt, model_config={"kind": "student", "name": "qat", "params": PARAMS},
+    root = tmp_path_factory.mktemp(f"qat{bits}")
+    ckpt = root / "qat.safetensors"
+    save_checkpoint(model.eval(), ckpt, model_config={"kind": "student", "name": "qat", "params": params},
                     labels=LABELS, preprocess=SPEC.to_dict())
     said: list[str] = []
-    bundle = export_checkpoint(ckpt, tmp_path / "qat-int8", formats=("onnx", "openvino"), precision="int8",
+    bundle = export_checkpoint(ckpt, root / "qat-int8", formats=("onnx", "openvino"), precision="int8",
                                calib_images=6, threads=1, progress=said.append)
+    return _QatExport(bits, model, ckpt, bundle, said)
+
+
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    """Initializers and Constant nodes' tensors by name."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    const = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+             if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR}
+    return {**inits, **const}
+
+
+def test_qat_exports_its_own_qdq(qat_export: _QatExport) -> None:
+    model, ckpt, bundle, said = qat_export.model, qat_export.ckpt, qat_export.bundle, qat_export.said
 
     # no re-calibration: the exporter took the graph as exported (the model's own Q/DQ), and no NNCF/ORT quantizer
     assert any("the model's own Q/DQ" in line for line in said), said
     assert any("int8 from the model's own Q/DQ" in line for line in said), said
     assert bundle.manifest["precision"] == "int8"
-    report = json.loads((tmp_path / "qat-int8" / REPORT_FILE).read_text())
+    report = json.loads((bundle.path / REPORT_FILE).read_text())
     assert report["passed"] and report["precision"] == "int8"
 
-    path = tmp_path / "qat-int8" / "model.onnx"
+    path = bundle.path / "model.onnx"
     graph = onnx.load(str(path)).graph
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
-    const = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-             if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR}
-    values = {**inits, **const}
+    values = _constants(graph)
     qs = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     dqs = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     layers = quantized_layers(load(ckpt))
     scales = [values[n.input[1]] for n in dqs]
-    assert len(qs) == len(dqs) and all(n.input[1] in values for n in qs)
+    # the activations' Q/DQ pairs, and one DequantizeLinear per layer for its weight (folded into int8 at export)
+    assert len(qs) + len(layers) == len(dqs) and all(n.input[1] in values for n in qs)
     # every Q/DQ scale is one of the learned steps (nothing calibrated by the exporter) ...
     learned = {name: (m.weight_quant.scale.detach().clamp_min(1e-8).numpy(),
                       m.act_quant.scale.detach().clamp_min(1e-8).numpy().reshape(-1)) for name, m in layers.items()}
@@ -131,6 +157,75 @@ def test_qat_exports_its_own_qdq(tmp_path: Path) -> None:
     assert (got.argmax(1) == ref.argmax(1)).all()
     assert np.abs(got - ref).max() <= 0.02 * (ref.max() - ref.min())
 
+
+
+def test_qat_weights_are_stored_as_int8(qat_export: _QatExport, tmp_path: Path) -> None:
+    """The weight quantizers are folded at export: model.onnx stores each layer's weight as its quantizer's integer
+    codes (int8, also for 4-bit layers) read by a DequantizeLinear, not the float weight and a QuantizeLinear that
+    recomputes the codes on every run; same outputs, a quarter of the weight bytes."""
+    from edgesplit.export._graphs import export_onnx, graph_specs
+
+    bundle = qat_export.bundle
+    layers = quantized_layers(load(qat_export.ckpt))  # what the exporter saw
+    assert any(f"folded {len(layers)} weight quantizers into int8 initializers" in line
+               for line in qat_export.said), qat_export.said
+    report = json.loads((bundle.path / REPORT_FILE).read_text())
+    assert report["passed"] and "fold weight quantizers" in [r["step"] for r in report["steps"]]
+
+    path = bundle.path / "model.onnx"
+    folded = onnx.load(str(path))
+    onnx.checker.check_model(folded, full_check=True)
+    assert [(o.domain, o.version) for o in folded.opset_import] == [("", 18)]
+    graph = folded.graph
+    values = _constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {t.name: t for t in graph.initializer}
+    # the QuantizeLinear left quantize activations (computed from the image), never a constant
+    def from_image(name: str) -> bool:
+        todo, seen = [name], set()
+        while todo:
+            t = todo.pop()
+            if t == "image":
+                return True
+            if t not in seen and t in producer:
+                seen.add(t)
+                todo.extend(i for i in producer[t].input if i)
+        return False
+
+    qs = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(n.input[0] not in values and from_image(n.input[0]) for n in qs)
+    # each layer's weight: the int8 codes of its own quantizer (torch's, bit for bit), in its b-bit range
+    for name, layer in layers.items():
+        codes = onnx.numpy_helper.to_array(inits[f"core.{name}.weight_int8"])
+        qn, qp = layer.weight_quant.bounds()
+        assert codes.dtype == np.int8 and qn <= codes.min() and codes.max() <= qp, name
+        np.testing.assert_array_equal(codes, layer.weight_quant.integers(layer.weight).numpy(), err_msg=name)
+        assert f"core.{name}.weight" not in inits, name  # no float copy left
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(weighted) == len(layers)
+    for n in weighted:
+        dq = producer[n.input[1]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == onnx.TensorProto.INT8, n.name
+
+    # against the graph as torch exports it (float weights, QuantizeLinear at run time)
+    (g,) = graph_specs(load(qat_export.ckpt), SPEC)
+    unfolded = export_onnx(g, tmp_path / "float-weights.onnx")
+    raw = {t.name: onnx.numpy_helper.to_array(t) for t in unfolded.graph.initializer}
+    float_bytes = sum(raw[n.input[0]].nbytes for n in unfolded.graph.node
+                      if n.op_type == "QuantizeLinear" and n.input[0] in raw)
+    int8_bytes = sum(onnx.numpy_helper.to_array(inits[f"core.{name}.weight_int8"]).nbytes for name in layers)
+    assert int8_bytes * 4 == float_bytes  # one byte per weight instead of four
+    total = sum(onnx.numpy_helper.to_array(t).nbytes for t in graph.initializer)
+    assert total < 0.4 * sum(a.nbytes for a in raw.values())
+    assert (tmp_path / "float-weights.onnx").stat().st_size - path.stat().st_size >= 0.7 * float_bytes
+    # same logits from onnxruntime as before folding (the same integers, dequantized the same way)
+    images = np.random.default_rng(11).integers(0, 256, size=(8, SIZE, SIZE, 3), dtype=np.uint8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    before, after = (ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"image": images})[0] for p in (tmp_path / "float-weights.onnx", path))
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(after.argmax(1), before.argmax(1))
 
 # -- binary students: model.onnx (INT8 Q/DQ) + binary/model.npz (packed bits, BinaryConvolution at load) -------------
 #

@@ -40,6 +40,14 @@ def select_resize(model: torch.nn.Module, data: str, size: int, candidates: list
             "images": len(pick)}
 
 
+def _binary_layer_count(model: torch.nn.Module) -> int:
+    try:
+        from edgesplit.plugins.quant.binary import binary_layers
+    except ImportError:
+        return 0
+    return len(binary_layers(model))
+
+
 def publish(run: Path, name: str, data: str, result: str | None, resize_candidates: list[int] | None = None) -> dict:
     from edgesplit.plugins.backbones import count_macs
     from edgesplit.train import load, save_checkpoint
@@ -61,8 +69,12 @@ def publish(run: Path, name: str, data: str, result: str | None, resize_candidat
         # students name their teacher relative to their own file, so published weights load from anywhere
         teacher = Path(recipe["params"]["teacher"]).resolve()
         recipe["params"] = {**recipe["params"], "teacher": os.path.relpath(teacher, weights_dir)}
+    # Binary students store their 1-bit layers packed; the few float tensors left (stem, shortcuts, BatchNorm,
+    # thresholds, classifier: ~3% of the parameters) stay float32, since fp16 thresholds flip activations' signs
+    # (measured: -0.8 points for the STE student in fp16)
+    dtype = None if _binary_layer_count(model) else torch.float16
     save_checkpoint(model, dest, model_config=recipe, labels=info["labels"], preprocess=info["preprocess"],
-                    extra=extra, dtype=torch.float16)
+                    extra=extra, dtype=dtype)
     shutil.copyfile(run / "config.yaml", weights_dir / f"{name}.yaml")
     shutil.copyfile(run / "log.jsonl", weights_dir / f"{name}.log.jsonl")
     size = info["preprocess"]["size"]

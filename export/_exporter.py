@@ -238,7 +238,7 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
             fp32_path = {g.part: scratch / f"{g.part}.fp32.onnx" for g in specs}
             fp32_model = {g.part: export_onnx(g, fp32_path[g.part]) for g in specs}
     steps.say(f"{'binary student' if n_binary else 'torch'} -> ONNX (opset {OPSET}, dynamic batch): "
-              f"{', '.join(p + '.onnx' for p in parts)}")
+              f"{', '.join(p + '.onnx' for p in parts)}" + ("" if n_binary else _folding_text(specs)))
     own_qdq = not n_binary and any(has_own_qdq(m) for m in fp32_model.values())
     if own_qdq and precision != "int8":
         raise ConfigError(f"{ckpt.name}: the model exports its own int8 quantizers (Q/DQ); export it with "
@@ -447,6 +447,22 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
     status = "parity checks passed" if not failures else "parity checks FAILED, kept because verify=False"
     steps.say(f"bundle {dest} (fingerprint {bundle.manifest['fingerprint']}, {status})")
     return bundle
+
+
+def _folding_text(specs: Iterable[Any]) -> str:
+    """What a QAT student's ``export_module()`` did with its BatchNorms (``batchnorm_folding``), for the progress
+    line; empty for other models."""
+    for g in specs:
+        info = getattr(getattr(g.module, "core", None), "batchnorm_folding", None)
+        if info:
+            folded, kept = info["folded"], info["kept"]
+            text = f"; BatchNorm folded into {len(folded)} quantized convolutions"
+            if kept:
+                names = sorted(kept)
+                text += (f", {len(kept)} kept as BatchNorm ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}: "
+                         f"{kept[names[0]]})")
+            return text
+    return ""
 
 
 def _fold_weights(models: Mapping[str, Any], paths: Mapping[str, Path]) -> str:

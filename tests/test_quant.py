@@ -151,6 +151,103 @@ def test_quantize_model_keeps_first_and_last_at_8_bits() -> None:
     assert {m.weight_quant.bits for _, m in layers[1:-1]} == {4}
 
 
+# -- BatchNorm folded into quantized convolutions (export) --------------------------------------------------
+
+def _batchnorm(gamma: list[float], beta: list[float], mean: list[float], var: list[float]) -> torch.nn.BatchNorm2d:
+    bn = torch.nn.BatchNorm2d(len(gamma), eps=1e-3).eval()
+    with torch.no_grad():
+        for t, v in ((bn.weight, gamma), (bn.bias, beta), (bn.running_mean, mean), (bn.running_var, var)):
+            t.copy_(torch.tensor(v))
+    return bn
+
+
+def test_fold_batchnorm_keeps_integers_and_negates_negative_channels() -> None:
+    """BatchNorm(conv(x, q s)) == conv(x, q' s') + b' with q' = sign(f) q, s' = s |f|, b' = beta - mean f (f the
+    BatchNorm factor); a channel with f == 0 keeps only its bias. Same outputs within float32 rounding."""
+    from edgesplit.plugins.quant._bn_fold import fold_batchnorm
+
+    torch.manual_seed(0)
+    q = torch.randint(-8, 8, (4, 3, 3, 3), dtype=torch.int32)
+    q[1, 0, 0, 0] = -8  # the 4-bit grid's -8: +8 after negation, still int8
+    s = torch.tensor([0.02, 0.05, 0.01, 0.03])
+    bias = torch.tensor([0.1, -0.2, 0.3, 0.0])
+    bn = _batchnorm([1.5, -0.7, 0.0, -2.0], [0.1, 0.2, -0.3, 0.4], [0.5, -0.1, 0.2, 0.0], [0.8, 2.0, 1.0, 0.3])
+    folded = fold_batchnorm(q, s, bn, conv_bias=bias)
+    assert folded is not None
+    f = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)  # from the float32 parameters
+    sign = torch.tensor([1, -1, 0, -1], dtype=torch.int32).view(-1, 1, 1, 1)
+    assert folded.integers.dtype == torch.int32 and torch.equal(folded.integers, q * sign)
+    assert int(folded.integers[1, 0, 0, 0]) == 8
+    want_scale = torch.where(f == 0, s.double(), s.double() * f.abs()).float()
+    assert torch.equal(folded.scale, want_scale) and bool((folded.scale > 0).all())
+    want_bias = bn.bias.detach().double() + (bias.double() - bn.running_mean.double()) * f
+    assert torch.equal(folded.bias, want_bias.float())
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        ref = bn(F.conv2d(x, q.float() * s.view(-1, 1, 1, 1), bias))
+        got = F.conv2d(x, folded.integers.float() * folded.scale.view(-1, 1, 1, 1), folded.bias)
+    # float32 rounding of two algebraically equal expressions: 1e-5 of the output's magnitude (observed <= 1e-6)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_fold_batchnorm_refuses_what_int8_cannot_hold() -> None:
+    """The LSQ weight grid is [-2^(b-1), 2^(b-1) - 1]: at 8 bits a negative-factor channel reaching -128 would need
+    +128, so that BatchNorm is not folded (None); -128 in a positive channel folds as it is."""
+    from edgesplit.plugins.quant._bn_fold import fold_batchnorm
+
+    q = torch.tensor([[-128, 5], [-3, 127]], dtype=torch.int32).view(2, 2, 1, 1)
+    s = torch.tensor([0.1, 0.1])
+    assert fold_batchnorm(q, s, _batchnorm([-1.0, 1.0], [0, 0], [0, 0], [1, 1])) is None
+    folded = fold_batchnorm(q, s, _batchnorm([1.0, -1.0], [0, 0], [0, 0], [1, 1]))
+    assert folded is not None and torch.equal(folded.integers.view(2, 2), torch.tensor([[-128, 5], [3, -127]]))
+    no_stats = torch.nn.BatchNorm2d(2, track_running_stats=False).eval()
+    assert fold_batchnorm(q, s, no_stats) is None  # normalizes with batch statistics even in eval mode
+
+
+def test_conv_bn_pairs_follow_the_forward() -> None:
+    """Pairs come from what forward computes: a BatchNorm reading a convolution whose output nothing else reads,
+    and the one quantized layer (if any) that reads the BatchNorm's output, directly or through one activation
+    (its clamp range recorded), past Identity modules."""
+    from edgesplit.plugins.quant._bn_fold import ConvBn, conv_bn_pairs
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn_a = torch.nn.BatchNorm2d(4)  # registered before its convolution: order does not matter
+            self.conv_a = QConv2d(3, 4, 3, padding=1)
+            self.conv_b = QConv2d(4, 4, 3, padding=1)
+            self.bn_b = torch.nn.BatchNorm2d(4)
+            self.conv_c = QConv2d(4, 4, 1)
+            self.bn_c = torch.nn.BatchNorm2d(4)
+            self.conv_d = QConv2d(4, 4, 1)
+            self.bn_d = torch.nn.BatchNorm2d(4)
+            self.conv_e = QConv2d(4, 4, 1)
+            self.bn_e = torch.nn.BatchNorm2d(4)
+            self.skip = torch.nn.Identity()
+            self.act = torch.nn.ReLU6()
+            self.conv_f = QConv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.bn_a(self.conv_a(x)))  # -> relu -> conv_b: Conv -> Relu -> Q
+            z = self.conv_b(y)
+            y = self.bn_b(z) + z  # conv_b's output is read twice: folding would change the second reader
+            c = self.bn_c(torch.relu(self.conv_c(y)))  # not directly after the convolution
+            d = self.bn_d(self.conv_d(y))  # read by conv_e and by the residual addition: no single next layer
+            e = self.conv_f(self.act(self.skip(self.bn_e(self.conv_e(d)))))  # Identity, ReLU6, then conv_f
+            return c + e + d
+
+    assert conv_bn_pairs(Net(), (QConv2d, QLinear)) == {
+        "conv_a": ConvBn("conv_a", "bn_a", clamp=(0.0, math.inf), next_layer="conv_b"),
+        "conv_d": ConvBn("conv_d", "bn_d", clamp=None, next_layer=None),
+        "conv_e": ConvBn("conv_e", "bn_e", clamp=(0.0, 6.0), next_layer="conv_f")}
+
+    class Untraceable(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) if bool(x.sum() > 0) else x  # data-dependent Python branch
+
+    assert conv_bn_pairs(Untraceable(), (QConv2d, QLinear)) == {}
+
+
 # -- training steps ----------------------------------------------------------------------------------------
 
 def test_qat_training_step() -> None:

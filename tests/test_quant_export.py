@@ -3,8 +3,11 @@
 A QAT student exports its own Q/DQ: the learned LSQ steps become the scales of QuantizeLinear/DequantizeLinear
 pairs (``export_module`` in ``plugins/quant/qat.py``), and the int8 exporter uses them instead of calibrating,
 with the weight quantizers folded into int8 initializers (``export/_fold.py``; the pass itself: ``test_fold.py``).
-Tiny ResNet-18 (width 0.125, 10 classes, 32x32), 4-bit (emulated exactly on the int8 grid) or 8-bit inner layers
-and 8-bit first/last layers, scales initialised by one forward pass on random data.
+Each BatchNorm is folded into the quantized convolution before it (integers kept, negated where the BatchNorm's
+factor is negative; step times |factor|; shift as bias), so onnxruntime runs the convolutions whose output the
+model quantizes as QLinearConv. Tiny ResNet-18 (width 0.125, 10 classes, 32x32), 4-bit (emulated exactly on the
+int8 grid) or 8-bit inner layers and 8-bit first/last layers, BatchNorm gains (some negative) and statistics drawn
+at random, scales initialised by one eval-mode forward pass on random data.
 
 A binary student exports ``model.onnx`` (binary layers as INT8 Q/DQ) and ``binary/model.npz`` (1 bit per binary
 weight), from which the runtime builds OpenVINO's ``BinaryConvolution`` graph at load time, without torch.
@@ -39,6 +42,7 @@ from edgesplit.plugins.quant._lowering import lower  # noqa: E402
 from edgesplit.plugins.quant.binary import binary_layers  # noqa: E402
 from .runtime_fixtures import calibrated_binary  # noqa: E402
 from edgesplit.plugins.quant.onnx_binary import INT8_NOTE  # noqa: E402
+from edgesplit.plugins.quant._bn_fold import ChannelBias  # noqa: E402
 from edgesplit.plugins.quant.qat import quantized_layers  # noqa: E402
 from edgesplit.preprocess import Preprocess, eval_crop  # noqa: E402
 from edgesplit.runtime import DeviceModel, open_part, open_session  # noqa: E402
@@ -54,8 +58,42 @@ PARAMS = {"backbone": "resnet18", "backbone_params": {"width": 0.125}, "weight_b
 
 
 def _qat(**params: Any) -> torch.nn.Module:
+    """A tiny QAT student (eval mode, steps not initialised) whose BatchNorms have random gains (about one in six
+    negative), shifts and running statistics, as a trained one has; a fresh ResNet's are 1 (0 for each block's
+    last), 0, 0 and 1, which would make the BatchNorm fold trivial."""
     torch.manual_seed(0)
-    return registry.create("student", "qat", **{**PARAMS, **params})
+    model = registry.create("student", "qat", **{**PARAMS, **params})
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            n = bn.num_features
+            bn.weight.copy_(torch.randn(n) * 0.5 + 0.5)
+            bn.bias.copy_(torch.randn(n) * 0.2)
+            bn.running_mean.copy_(torch.randn(n) * 0.2)
+            bn.running_var.copy_(torch.rand(n) + 0.5)
+    return model.eval()
+
+
+# the convolution each BatchNorm of the tiny ResNet reads (what export_module must fold, and nothing else)
+def _resnet_pairs(model: torch.nn.Module) -> dict[str, str]:
+    names = dict(model.named_modules())
+    pairs = {"stem.1": "stem.0"}
+    for name in names:
+        if name.endswith((".bn1", ".bn2")):
+            pairs[name] = name[:-3] + "conv" + name[-1]
+        elif name.endswith(".downsample.1"):
+            pairs[name] = name[:-1] + "0"
+    return pairs
+
+
+def _folded_weight(model: torch.nn.Module, conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
+    """The integer codes and per-channel steps a BatchNorm fold must give, computed here from the model: codes q
+    times sign(f), steps s |f| (float64, rounded to float32), f = gamma / sqrt(var + eps); f == 0: codes 0, step s."""
+    layer, norm = model.get_submodule(conv), model.get_submodule(bn)
+    q = layer.weight_quant.integers(layer.weight).numpy().astype(np.int64)
+    s = layer.weight_quant.scale.detach().clamp_min(1e-8).double().numpy()
+    f = (norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)).numpy()
+    codes = q * np.sign(f).astype(np.int64).reshape(-1, 1, 1, 1)
+    return codes, np.where(f == 0, s, s * np.abs(f)).astype(np.float32)
 
 
 def test_export_module_needs_initialised_scales() -> None:
@@ -63,16 +101,87 @@ def test_export_module_needs_initialised_scales() -> None:
         _qat().export_module()
 
 
-def test_export_module_matches_eval_forward_and_leaves_model_alone() -> None:
-    model = _qat().train()
-    model(torch.randn(8, 3, SIZE, SIZE))  # initialises the steps
-    model.eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    core = model.export_module()
-    x = torch.randn(4, 3, SIZE, SIZE)
+def _bn_outputs(model: torch.nn.Module, pairs: dict[str, str], x: torch.Tensor) -> dict[str, Any]:
+    """Each paired convolution's input and its BatchNorm's output in ``model``'s eval forward on ``x``."""
+    seen: dict[str, Any] = {}
+    hooks = []
+    for bn, conv in pairs.items():  # clones: the ReLUs after the BatchNorms work in place
+        hooks.append(model.get_submodule(conv).register_forward_pre_hook(
+            lambda m, args, conv=conv: seen.__setitem__(conv, args[0].clone())))
+        hooks.append(model.get_submodule(bn).register_forward_hook(
+            lambda m, args, out, bn=bn: seen.__setitem__(bn, out.clone())))
     with torch.no_grad():
-        assert torch.equal(core(x), model(x))  # same arithmetic: the 4-bit grid emulated exactly in int8 Q/DQ
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_export_module_folds_batchnorm_exactly_and_leaves_model_alone(bits: int) -> None:
+    """Folding BatchNorm into the quantized convolutions is the same function, up to float rounding.
+
+    Tolerances. Per layer, fed the same input, the folded convolution (its weight's int8 Q/DQ at the folded steps,
+    the new bias) matches convolution + BatchNorm within 1e-5 of the output's magnitude (two float32 evaluations of
+    one expression; observed <= 7e-7). End to end, a value that float rounding moves across a rounding tie of the
+    next quantizer lands one step away and that step propagates, so the logits are compared with 1% of their range
+    and the top-1 class must be the same on every image (observed: equal, or 0.3% of the range)."""
+    model = _qat(weight_bits=bits, act_bits=bits)
+    model(torch.randn(8, 3, SIZE, SIZE))  # initialises the steps
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = _resnet_pairs(model)
+    assert sum(float(model.get_submodule(bn).weight.detach().min()) < 0 for bn in pairs) >= 10  # negative gains to fold
+    core = model.export_module()
+    assert core.batchnorm_folding == {"folded": pairs, "kept": {}}
+    assert not [n for n, m in core.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn, conv in pairs.items():  # the folded steps and codes, and the convolution's new bias
+        codes, steps = _folded_weight(model, conv, bn)
+        layer = core.get_submodule(conv)
+        assert np.array_equal(layer.weight_quant.scale.numpy(), steps), conv
+        w = torch.round(layer.weight / layer.weight_quant.scale.view(-1, 1, 1, 1))
+        assert np.array_equal(w.numpy().astype(np.int64), codes), conv
+        b = model.get_submodule(conv).weight_quant.bits  # 8 for the first convolution
+        assert -128 <= codes.min() and codes.max() <= min(127, 2 ** (b - 1)), conv  # 4 bits: -8 negated is 8
+        # the shift: the convolution's bias where an 8-bit quantizer reads its output through the ReLU (each block's
+        # first convolution at 8 bits), else an addition after it (where onnxruntime would round a bias to int32)
+        inside = bits == 8 and conv.endswith(".conv1")
+        assert (layer.bias is not None) == inside, conv
+        assert isinstance(core.get_submodule(bn), torch.nn.Identity if inside else ChannelBias), conv
+
+    x = torch.randn(16, 3, SIZE, SIZE)
+    seen = _bn_outputs(model, pairs, x)
+    with torch.no_grad():
+        for bn, conv in pairs.items():
+            got, want = core.get_submodule(bn)(core.get_submodule(conv)(seen[conv])), seen[bn]
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()), msg=conv)
+        ref, out = model(x), core(x)
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    assert float((out - ref).abs().max()) <= 0.01 * float(ref.max() - ref.min())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_export_module_keeps_a_batchnorm_int8_cannot_fold() -> None:
+    """8-bit weights span [-128, 127]: a channel whose BatchNorm factor is negative and whose integers reach -128
+    would need +128, so that one BatchNorm stays (exact as it is); the others are still folded."""
+    model = _qat(weight_bits=8, act_bits=8)
+    model(torch.randn(8, 3, SIZE, SIZE))
+    conv, bn = model.get_submodule("stage2.0.conv2"), model.get_submodule("stage2.0.bn2")
+    with torch.no_grad():
+        c = int(torch.argmax(bn.weight))  # a positive channel made negative, its first weight at -128 steps
+        bn.weight[c] = -bn.weight[c]
+        conv.weight[c, 0, 0, 0] = -128 * conv.weight_quant.scale[c]
+    assert int(conv.weight_quant.integers(conv.weight)[c].min()) == -128
+    core = model.export_module()
+    assert list(core.batchnorm_folding["kept"]) == ["stage2.0.bn2"]
+    assert "-128" in core.batchnorm_folding["kept"]["stage2.0.bn2"]
+    assert len(core.batchnorm_folding["folded"]) == len(_resnet_pairs(model)) - 1
+    assert isinstance(core.get_submodule("stage2.0.bn2"), torch.nn.BatchNorm2d)
+    assert core.get_submodule("stage2.0.conv2").bias is None
+    x = torch.randn(16, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ref, out = model(x), core(x)
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    assert float((out - ref).abs().max()) <= 0.01 * float(ref.max() - ref.min())
 
 
 class _QatExport(NamedTuple):
@@ -88,7 +197,7 @@ def qat_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     """A tiny QAT student (4-bit or 8-bit inner layers, 8-bit first and last) exported to onnx and openvino."""
     bits = request.param
     params = {**PARAMS, "weight_bits": bits, "act_bits": bits}
-    model = _qat(**params).train()
+    model = _qat(**params)
     model(torch.randn(8, 3, SIZE, SIZE))  # initialises the steps
     root = tmp_path_factory.mktemp(f"qat{bits}")
     ckpt = root / "qat.safetensors"
@@ -128,24 +237,31 @@ def test_qat_exports_its_own_qdq(qat_export: _QatExport) -> None:
     scales = [values[n.input[1]] for n in dqs]
     # the activations' Q/DQ pairs, and one DequantizeLinear per layer for its weight (folded into int8 at export)
     assert len(qs) + len(layers) == len(dqs) and all(n.input[1] in values for n in qs)
-    # every Q/DQ scale is one of the learned steps (nothing calibrated by the exporter) ...
-    learned = {name: (m.weight_quant.scale.detach().clamp_min(1e-8).numpy(),
-                      m.act_quant.scale.detach().clamp_min(1e-8).numpy().reshape(-1)) for name, m in layers.items()}
-    flat = [t for pair in learned.values() for t in pair]
+    # every BatchNorm folded into its convolution: none left in the graph, each convolution with a bias
+    pairs = _resnet_pairs(model)
+    ops = [n.op_type for n in graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == len(pairs)
+    # a bias only in the convolutions onnxruntime runs as integer kernels (Conv -> [Relu] -> Q; 4 bits: none)
+    assert [n.name for n in graph.node if n.op_type == "Conv" and len(n.input) == 3] == _quantized_convolutions(graph)
+    # every scale is a learned step (nothing calibrated by the exporter): the activations' as learned, the weights'
+    # times |gamma / sqrt(var + eps)| of their BatchNorm, bit for bit (the classifier's, with no BatchNorm, as
+    # learned); identical activation Q/DQ pairs on one tensor (a block's first convolution and its downsample)
+    # may be merged into one
+    acts = {name: m.act_quant.scale.detach().clamp_min(1e-8).numpy().reshape(-1) for name, m in layers.items()}
+    weights = {conv: _folded_weight(model, conv, bn)[1] for bn, conv in pairs.items()}
+    weights["head.fc"] = layers["head.fc"].weight_quant.scale.detach().clamp_min(1e-8).numpy()
+    assert set(weights) == set(layers)
+    for name in layers:
+        assert np.array_equal(inits[f"core.{name}.weight_quant.scale"], weights[name]), name
+        assert any(s.size == 1 and np.array_equal(s.reshape(-1), acts[name]) for s in scales), name
+    flat = [*acts.values(), *weights.values()]
     assert all(any(s.size == t.size and np.array_equal(s.reshape(-1), t) for t in flat) for s in scales)
-    # ... every layer has its weight and activation steps in the graph (identical activation Q/DQ pairs on one
-    # tensor, e.g. a block's first convolution and its downsample, may be merged into one) ...
-    for name, (w, a) in learned.items():
-        assert np.array_equal(inits[f"core.{name}.weight_quant.scale"], w)
-        assert any(s.size == 1 and np.array_equal(s.reshape(-1), a) for s in scales), name
-    # ... and the first convolution's per-output-channel weight steps are the torch parameter, bit for bit
-    stem = model.get_submodule("stem.0").weight_quant.scale.detach().numpy()
-    assert any(s.shape == stem.shape and np.array_equal(s, stem) for s in scales)
-    # onnxruntime vs the torch model's eval forward on unseen images. The Q/DQ graph computes the same arithmetic
-    # (observed bit-exact with onnxruntime 1.x on CPU), but it is not guaranteed: a runtime may fuse Q/DQ into
-    # integer kernels (int32 accumulation, BatchNorm folded into the bias, x * (1/s) in QuantizeLinear), so an
-    # element whose x/s lies within float error of a rounding tie can land one step away and that step propagates.
-    # Top-1 must agree on every image; logits within 2% of their range (a few tie flips move them far less).
+    # onnxruntime vs the torch model's eval forward on unseen images. Unoptimized, the Q/DQ graph computes the
+    # same arithmetic as torch (observed bit-exact; optimized too at 4 bits, where it runs float convolutions).
+    # At 8 bits it runs integer kernels (QLinearConv: int32 accumulation, the bias, i.e. the folded BatchNorm
+    # shift, rounded to int32 at scale s_x * s_w, requantization by x * (1/s)), so an element within that distance
+    # of a rounding tie of the next quantizer lands one step away, and the step propagates. Top-1 must agree on
+    # every image; logits within 2% of their range (observed 0.3%).
     images = np.random.default_rng(7).integers(0, 256, size=(16, SIZE, SIZE, 3), dtype=np.uint8)
     with torch.no_grad():
         ref = model.eval()(to_input(images, SPEC)).numpy()
@@ -156,7 +272,6 @@ def test_qat_exports_its_own_qdq(qat_export: _QatExport) -> None:
     assert got.shape == ref.shape
     assert (got.argmax(1) == ref.argmax(1)).all()
     assert np.abs(got - ref).max() <= 0.02 * (ref.max() - ref.min())
-
 
 
 def test_qat_weights_are_stored_as_int8(qat_export: _QatExport, tmp_path: Path) -> None:
@@ -194,12 +309,16 @@ def test_qat_weights_are_stored_as_int8(qat_export: _QatExport, tmp_path: Path) 
 
     qs = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     assert qs and all(n.input[0] not in values and from_image(n.input[0]) for n in qs)
-    # each layer's weight: the int8 codes of its own quantizer (torch's, bit for bit), in its b-bit range
+    # each layer's weight: the int8 codes of its own quantizer (torch's, bit for bit), negated in the channels
+    # whose BatchNorm factor is negative (4 bits: -8 becomes 8, still int8)
+    folded = {conv: _folded_weight(qat_export.model, conv, bn)[0] for bn, conv in _resnet_pairs(
+        qat_export.model).items()}
+    assert any((c < 0).any() for c in folded.values())
     for name, layer in layers.items():
         codes = onnx.numpy_helper.to_array(inits[f"core.{name}.weight_int8"])
-        qn, qp = layer.weight_quant.bounds()
-        assert codes.dtype == np.int8 and qn <= codes.min() and codes.max() <= qp, name
-        np.testing.assert_array_equal(codes, layer.weight_quant.integers(layer.weight).numpy(), err_msg=name)
+        want = folded.get(name, layer.weight_quant.integers(layer.weight).numpy())
+        assert codes.dtype == np.int8 and np.abs(codes).max() <= 2 ** (layer.weight_quant.bits - 1), name
+        np.testing.assert_array_equal(codes, want, err_msg=name)
         assert f"core.{name}.weight" not in inits, name  # no float copy left
     weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
     assert len(weighted) == len(layers)
@@ -226,6 +345,51 @@ def test_qat_weights_are_stored_as_int8(qat_export: _QatExport, tmp_path: Path) 
         None, {"image": images})[0] for p in (tmp_path / "float-weights.onnx", path))
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(after.argmax(1), before.argmax(1))
+
+def _quantized_convolutions(graph: Any) -> list[str]:
+    """Conv nodes whose output the model quantizes and nothing else reads: Conv -> [Relu] -> QuantizeLinear."""
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    out = []
+    for n in graph.node:
+        if n.op_type != "Conv":
+            continue
+        nxt = readers.get(n.output[0], [])
+        if len(nxt) == 1 and nxt[0].op_type == "Relu":
+            nxt = readers.get(nxt[0].output[0], [])
+        if len(nxt) == 1 and nxt[0].op_type == "QuantizeLinear":
+            out.append(n.name)
+    return out
+
+
+def test_onnxruntime_runs_quantized_convolutions_as_qlinearconv(qat_export: _QatExport, tmp_path: Path) -> None:
+    """With BatchNorm folded, a convolution whose output the model quantizes reads DQ(x), DQ(int8 W) and a bias
+    and feeds Q (through a ReLU, which the unsigned zero point makes redundant): the pattern onnxruntime fuses into
+    QLinearConv. 8 bits: all of them run as QLinearConv in onnxruntime's optimized graph, at both EXTENDED and ALL
+    (in a ResNet, each block's first convolution; the others feed the float residual Add, which the model does
+    not quantize, so they stay float). 4 bits: the float clamp to the 4-bit grid sits between the convolution and
+    its Q, so there are none."""
+    assert any("BatchNorm folded into 20 quantized convolutions" in line for line in qat_export.said)
+    path = qat_export.bundle.path / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "BatchNormalization" not in ops
+    fusable = _quantized_convolutions(graph)
+    assert len(fusable) == (8 if qat_export.bits == 8 else 0)  # ResNet-18: the first convolution of each block
+    for level in ("ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        opts.optimized_model_filepath = str(tmp_path / f"{level}.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        optimized = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+        assert optimized.count("QLinearConv") == len(fusable), (level, sorted(set(optimized)))
+        assert optimized.count("Conv") + optimized.count("FusedConv") == ops.count("Conv") - len(fusable), level
+        assert "BatchNormalization" not in optimized
+
 
 # -- binary students: model.onnx (INT8 Q/DQ) + binary/model.npz (packed bits, BinaryConvolution at load) -------------
 #

@@ -7,6 +7,7 @@ LSQ: Esser et al., "Learned Step Size Quantization", arXiv:1902.08153.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import types
 from typing import Any, Literal
@@ -18,6 +19,8 @@ from torch import nn
 from edgesplit.errors import ConfigError, ExportError
 from edgesplit.registry import create, register
 
+from ._bn_fold import ChannelBias, ConvBn, conv_bn_pairs, fold_batchnorm
+
 __all__ = [
     "INIT_METHODS",
     "LsqQuantizer",
@@ -28,6 +31,8 @@ __all__ = [
     "quantized_layers",
     "qat_student",
 ]
+
+log = logging.getLogger(__name__)
 
 InitMethod = Literal["lsq", "max", "mse"]
 INIT_METHODS: tuple[str, ...] = ("lsq", "max", "mse")
@@ -244,7 +249,7 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 class _ExportQuant(nn.Module):
     """An ``LsqQuantizer`` at export: ``edgesplit.export.qdq.fake_quant`` (ONNX QuantizeLinear/DequantizeLinear)
-    with the learned step as scale and zero point 0.
+    with the learned step as scale and zero point 0 (``of``), or a weight's step after BatchNorm folding.
 
     8-bit: int8 (-128, 127), or uint8 (0, 255) for an unsigned activation quantizer: one Q/DQ pair, exact.
     Fewer bits: the b-bit grid is a subset of the int8 grid at the same scale (|Qn|, Qp <= 2^(b-1) resp. 2^b - 1
@@ -254,15 +259,23 @@ class _ExportQuant(nn.Module):
     the values only use 2^b of its levels. Weights are clamped once, when the export module is built.
     """
 
-    def __init__(self, quant: "LsqQuantizer", *, axis: int, clamp: bool) -> None:
+    def __init__(self, scale: torch.Tensor, *, axis: int, qmin: int = -128, qmax: int = 127,
+                 clamp: tuple[float, float] | None = None) -> None:
         super().__init__()
-        qn, qp = quant.bounds()
-        self.register_buffer("scale", quant.scale.detach().clamp_min(1e-8).to(torch.float32).clone())
+        self.register_buffer("scale", scale.detach().to(torch.float32).clone())
         self.axis = axis
-        self.qmin, self.qmax = (0, 255) if (quant.bits == 8 and qn == 0) else (-128, 127)
+        self.qmin, self.qmax = qmin, qmax
         # the float clamp that restricts the int8 grid to the b-bit one (activations below 8 bits)
-        self.lo = float(qn) * float(self.scale) if clamp else None
-        self.hi = float(qp) * float(self.scale) if clamp else None
+        self.lo, self.hi = clamp if clamp is not None else (None, None)
+
+    @classmethod
+    def of(cls, quant: LsqQuantizer, *, axis: int, clamp: bool) -> "_ExportQuant":
+        """``quant`` at its learned step; ``clamp``: restrict the int8 grid to ``quant``'s b-bit one."""
+        qn, qp = quant.bounds()
+        scale = quant.scale.detach().clamp_min(1e-8)
+        qmin, qmax = (0, 255) if (quant.bits == 8 and qn == 0) else (-128, 127)
+        bounds = (float(qn) * float(scale), float(qp) * float(scale)) if clamp else None
+        return cls(scale, axis=axis, qmin=qmin, qmax=qmax, clamp=bounds)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from edgesplit.export.qdq import fake_quant
@@ -272,12 +285,42 @@ class _ExportQuant(nn.Module):
         return fake_quant(x, self.scale, axis=self.axis, qmin=self.qmin, qmax=self.qmax)
 
 
+def _integer_kernel(model: nn.Module, pair: ConvBn) -> bool:
+    """Whether runtimes can run the folded convolution of ``pair`` as an integer kernel, Conv -> [activation] -> Q:
+    its output goes to one 8-bit activation quantizer, directly or through an activation whose clamp that
+    quantizer's own range makes redundant (ReLU before an unsigned one; ReLU6 when Qp s <= 6), which runtimes drop.
+    A sub-8-bit quantizer clamps in float before its Q (``_ExportQuant``), which no runtime fuses."""
+    if pair.next_layer is None:
+        return False
+    quant = model.get_submodule(pair.next_layer).act_quant
+    if quant.bits != 8:
+        return False
+    if pair.clamp is None:
+        return True
+    qn, qp = quant.bounds()
+    s = float(quant.scale.detach().clamp_min(1e-8))
+    slack = 1e-6 * max(abs(qn), qp) * s  # float32 rounding: ReLU6 before a step of 6 / 255 (runtimes allow it too)
+    return pair.clamp[0] <= qn * s + slack and qp * s - slack <= pair.clamp[1]
+
+
 def export_module(model: nn.Module) -> nn.Module:
     """An exportable copy of a QAT model (normalized float NCHW -> logits, like its eval forward) whose quantized
     layers express their weight (per output channel, axis 0) and activation (per tensor) quantizers with
-    ``edgesplit.export.qdq.fake_quant`` at the learned steps, so the exporter keeps those scales as Q/DQ pairs
-    instead of calibrating its own. Sub-8-bit layers emulate their grid exactly with int8 Q/DQ (``_ExportQuant``).
-    BatchNorm and everything else are left as they are. The model is not modified.
+    ``edgesplit.export.qdq.fake_quant``, so the exporter keeps those scales as Q/DQ pairs instead of calibrating
+    its own. Sub-8-bit layers emulate their grid exactly with int8 Q/DQ (``_ExportQuant``). The model is not
+    modified.
+
+    A ``BatchNorm2d`` that reads a ``QConv2d``'s output (and nothing else does) is folded into it in the quantized
+    domain (``_bn_fold.fold_batchnorm``): the weight integers stay (negated in channels whose BatchNorm factor is
+    negative) and the per-channel step becomes s |gamma / sqrt(var + eps)|. Where the model quantizes the
+    convolution's output next at 8 bits, the BatchNorm's shift becomes the convolution's bias, so the graph reads
+    DQ(int8 W) -> Conv(bias) -> [Relu] -> Q, the pattern onnxruntime fuses into QLinearConv and TensorRT into an
+    int8 convolution; elsewhere (before a residual addition, or a 4-bit quantizer's float clamp) it is added after
+    the convolution (``_bn_fold.ChannelBias``: as a bias, onnxruntime would round it to int32 for nothing). The same
+    function as the model's eval forward up to float rounding (an activation within float error of a rounding tie
+    may land one step away, and that step propagates). A BatchNorm that cannot be folded exactly stays: one after
+    an 8-bit convolution whose negative-factor channels reach the integer -128 (+128 is not int8). The copy's
+    ``batchnorm_folding`` (``{"folded": {bn: conv}, "kept": {bn: why}}``) says which were folded and which kept.
 
     Raises ``ExportError`` if a quantizer has not been initialised (the model never saw a batch, so its steps
     are still placeholders).
@@ -293,16 +336,44 @@ def export_module(model: nn.Module) -> nn.Module:
                           "exporting, so the learned scales exist")
     out = copy.deepcopy(model).eval()
     out.__dict__.pop("export_module", None)  # the copy is the export module: no further indirection
+    pairs = conv_bn_pairs(out, (QConv2d, QLinear))
+    folding: dict[str, dict[str, str]] = {"folded": {}, "kept": {}}
     with torch.no_grad():
         for name in layers:
             layer = out.get_submodule(name)
             wq, aq = layer.weight_quant, layer.act_quant
-            qn, qp = wq.bounds()
-            s = wq.scale.detach().clamp_min(1e-8).view(-1, *([1] * (layer.weight.dim() - 1)))
-            # clamp the weight to its b-bit range once (a no-op on what int8 Q/DQ computes at 8 bits)
-            layer.weight = nn.Parameter(torch.clamp(layer.weight.detach(), qn * s, qp * s), requires_grad=False)
-            layer.weight_quant = _ExportQuant(wq, axis=0, clamp=False)
-            layer.act_quant = _ExportQuant(aq, axis=1, clamp=aq.bits < 8)
+            s = wq.scale.detach().clamp_min(1e-8)
+            folded = None
+            pair = pairs.get(name)
+            if pair is not None:
+                bn = out.get_submodule(pair.bn)
+                folded = fold_batchnorm(wq.integers(layer.weight), s, bn, layer.bias)
+                if folded is None:
+                    folding["kept"][pair.bn] = (
+                        "no running statistics" if bn.running_var is None else
+                        "a channel with a negative BatchNorm factor has the weight integer -128; +128 is not int8")
+            if pair is not None and folded is not None:
+                step = folded.scale.view(-1, *([1] * (layer.weight.dim() - 1)))
+                layer.weight = nn.Parameter(folded.integers.to(torch.float32) * step, requires_grad=False)
+                # the shift: the convolution's bias where an integer kernel takes it (Conv -> [Relu] -> Q), else
+                # an Add after it (``ChannelBias``), which no runtime rounds to int32
+                inside = _integer_kernel(model, pair)
+                layer.bias = nn.Parameter(folded.bias, requires_grad=False) if inside else None
+                parent, _, child = pair.bn.rpartition(".")
+                setattr(out.get_submodule(parent) if parent else out, child,
+                        nn.Identity() if inside else ChannelBias(folded.bias))
+                layer.weight_quant = _ExportQuant(folded.scale, axis=0)
+                folding["folded"][pair.bn] = name
+            else:
+                qn, qp = wq.bounds()
+                s = s.view(-1, *([1] * (layer.weight.dim() - 1)))
+                # clamp the weight to its b-bit range once (a no-op on what int8 Q/DQ computes at 8 bits)
+                layer.weight = nn.Parameter(torch.clamp(layer.weight.detach(), qn * s, qp * s), requires_grad=False)
+                layer.weight_quant = _ExportQuant.of(wq, axis=0, clamp=False)
+            layer.act_quant = _ExportQuant.of(aq, axis=1, clamp=aq.bits < 8)
+    for bn_name, why in folding["kept"].items():
+        log.debug("%s: BatchNorm %s kept, not folded into its convolution (%s)", type(model).__name__, bn_name, why)
+    out.batchnorm_folding = folding  # type: ignore[assignment]
     return out.requires_grad_(False)
 
 

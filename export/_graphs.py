@@ -194,9 +194,13 @@ def _summary(exc: BaseException) -> str:
 def _quiet(*names: str) -> Iterator[None]:
     """Raise the exporter's chatty loggers (pass-by-pass INFO lines) to WARNING for the duration."""
     loggers = [logging.getLogger(n) for n in names]
+    # the exporter's op registry warns once per missing torchvision op ("torchvision is not installed. Skipping
+    # torchvision::nms"); edgesplit never exports torchvision ops, so those lines are noise to a user
+    loggers.append(logging.getLogger("torch.onnx._internal.exporter._registration"))
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    loggers[-1].setLevel(logging.ERROR)
     try:
         yield
     finally:

@@ -15,21 +15,9 @@ from .errors import (
     ExportError,
     PluginError,
 )
+from . import errors as _errors
 from .registry import available, create, register
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "EdgesplitError",
-    "ConfigError",
-    "PluginError",
-    "BitstreamError",
-    "BundleError",
-    "ExportError",
-    "DataError",
-    "BackendUnavailable",
-    "available",
-    "create",
-    "register",
-]
+__all__ = ["__version__", *_errors.__all__, "available", "create", "register"]

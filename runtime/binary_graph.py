@@ -273,29 +273,38 @@ def _per_channel(v: np.ndarray) -> np.ndarray:
     return v.reshape(1, -1, 1, 1)
 
 
-def _real_conv(ops: Any, x: Any, conv: RealConv) -> Any:
+REAL_CONV_PREFIX = "real_conv_"  # friendly-name prefix of the float convolutions (stem, shortcuts)
+
+
+def _real_conv(ops: Any, x: Any, conv: RealConv, name: str) -> Any:
     p = conv.padding
-    y = ops.convolution(x, _c(ops, conv.weight), [conv.stride] * 2, [p, p], [p, p], [1, 1])
+    y = ops.convolution(x, _c(ops, conv.weight), [conv.stride] * 2, [p, p], [p, p], [1, 1],
+                        name=f"{REAL_CONV_PREFIX}{name}")
     return ops.add(y, _c(ops, _per_channel(conv.bias)))
 
 
-def _binary_unit(ops: Any, x: Any, unit: BinaryUnit, binary: bool) -> Any:
+BINARY_UNIT_PREFIX = "binary_unit_"  # friendly-name prefix of every op of a binary layer (profiling attributes by it)
+
+
+def _binary_unit(ops: Any, x: Any, unit: BinaryUnit, binary: bool, index: int = 0) -> Any:
+    name = f"{BINARY_UNIT_PREFIX}{index}"
     threshold, signs = unit.threshold, unit.signs
     extra = -len(threshold) % 8
     if binary and extra:
         # the CPU BinaryConvolution is wrong unless input channels are a multiple of 8 (2026.4): add channels of
         # 0 with threshold 0; their bit is 0, so they add nothing to the 0/1 convolution
         x = ops.pad(x, ops.constant(np.zeros(4, np.int64)), ops.constant(np.array([0, extra, 0, 0], np.int64)),
-                    "constant", _c(ops, 0.0))
+                    "constant", _c(ops, 0.0), name=f"{name}/pad")
         threshold = np.concatenate([threshold, np.zeros(extra, np.float32)])
         signs = np.concatenate([signs, np.ones((signs.shape[0], extra, *signs.shape[2:]), np.float32)], axis=1)
     t = _c(ops, _per_channel(threshold))
     if binary:
-        bits = ops.fake_quantize(x, t, t, _c(ops, 0.0), _c(ops, 1.0), 2)
+        bits = ops.fake_quantize(x, t, t, _c(ops, 0.0), _c(ops, 1.0), 2, name=f"{name}/binarize")
     else:  # the same function with a float comparison, so OpenVINO keeps a dense float convolution
-        bits = ops.select(ops.greater(x, t), _c(ops, 1.0), _c(ops, 0.0))
+        bits = ops.select(ops.greater(x, t, name=f"{name}/compare"), _c(ops, 1.0), _c(ops, 0.0),
+                          name=f"{name}/binarize")
     p = unit.padding
-    conv01 = ops.convolution(bits, _c(ops, signs), [unit.stride] * 2, [p, p], [p, p], [1, 1])
+    conv01 = ops.convolution(bits, _c(ops, signs), [unit.stride] * 2, [p, p], [p, p], [1, 1], name=f"{name}/conv")
     # +-1 input padded with -1 == 0/1 input padded with 0, mapped back: 2 * conv01 - sum(W)
     signed = ops.add(ops.multiply(conv01, _c(ops, 2.0)), _c(ops, _per_channel(-unit.signs.sum(axis=(1, 2, 3)))))
     scaled = ops.multiply(signed, _c(ops, _per_channel(unit.alpha)))
@@ -329,17 +338,17 @@ def openvino_model(net: LoweredNet, input_shape: tuple[int, int, int, int] | Non
         param = ops.parameter(list(input_shape), np.float32, name="input")
         x = param
     param.output(0).get_tensor().set_names({param.get_friendly_name()})
-    x = ops.relu(_real_conv(ops, x, net.stem))
+    x = ops.relu(_real_conv(ops, x, net.stem, "stem"))
     x = ops.max_pool(x, [2, 2], [1, 1], [1, 1], [1, 1], [3, 3]).output(0)
-    for block in net.blocks:
+    for i, block in enumerate(net.blocks):
         shortcut = x
         if block.pool > 1:
             k = block.pool
             shortcut = ops.avg_pool(shortcut, [k, k], [0, 0], [0, 0], [k, k], True, "ceil")
         if block.downsample is not None:
-            shortcut = _real_conv(ops, shortcut, block.downsample)
-        y = ops.add(_binary_unit(ops, x, block.unit1, binary), shortcut)
-        x = ops.add(_binary_unit(ops, y, block.unit2, binary), y)
+            shortcut = _real_conv(ops, shortcut, block.downsample, f"shortcut_{i}")
+        y = ops.add(_binary_unit(ops, x, block.unit1, binary, 2 * i), shortcut)
+        x = ops.add(_binary_unit(ops, y, block.unit2, binary, 2 * i + 1), y)
     pooled = ops.reduce_mean(x, ops.constant(np.array([2, 3], np.int64)), False)
     logits = ops.add(ops.matmul(pooled, _c(ops, net.fc_weight), False, True), _c(ops, net.fc_bias))
     logits.output(0).get_tensor().set_names({"logits"})

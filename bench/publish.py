@@ -40,16 +40,9 @@ def select_resize(model: torch.nn.Module, data: str, size: int, candidates: list
             "images": len(pick)}
 
 
-def _binary_layer_count(model: torch.nn.Module) -> int:
-    try:
-        from edgesplit.plugins.quant.binary import binary_layers
-    except ImportError:
-        return 0
-    return len(binary_layers(model))
-
-
 def publish(run: Path, name: str, data: str, result: str | None, resize_candidates: list[int] | None = None) -> dict:
     from edgesplit.plugins.backbones import count_macs
+    from edgesplit.plugins.quant.binary import binary_layers
     from edgesplit.train import load, save_checkpoint
     from edgesplit.train.evaluate import evaluate_checkpoint
 
@@ -73,7 +66,7 @@ def publish(run: Path, name: str, data: str, result: str | None, resize_candidat
     # thresholds, classifier: ~3% of the parameters) stay float32, since fp16 thresholds flip activations' signs
     # (measured: -0.8 points for the STE student in fp16). QAT students stay float32 too: fp16 latent weights and
     # step sizes move weights across rounding boundaries of the learned grid (measured: INT4 80.15% -> 79.30%).
-    quantized = _binary_layer_count(model) or info["model"].get("name") == "qat"
+    quantized = bool(binary_layers(model)) or info["model"].get("name") == "qat"
     dtype = None if quantized else torch.float16
     save_checkpoint(model, dest, model_config=recipe, labels=info["labels"], preprocess=info["preprocess"],
                     extra=extra, dtype=dtype)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,17 +40,6 @@ VARIANTS = [
     ("binary-reste", "student_binary_reste", "reste", 1, 1, "fp32"),
     ("binary-biper", "student_binary_biper", "biper", 1, 1, "fp32"),
 ]
-
-
-def _median_ms(fn: Any, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(statistics.median(times))
 
 
 def _profile(compiled: Any, x: np.ndarray, runs: int) -> dict[str, float]:
@@ -121,7 +109,9 @@ def measure(variant: tuple, data: str, split: str, threads: int, runs: int, cali
     import torch
 
     from edgesplit.export import export_checkpoint
+    from edgesplit.export._parity import median_latency_ms
     from edgesplit.plugins.backbones import count_macs
+    from edgesplit.plugins.quant.binary import binary_layers
     from edgesplit.runtime.backends import open_part
     from edgesplit.train import load
     from edgesplit.train.evaluate import evaluate_checkpoint
@@ -141,12 +131,7 @@ def measure(variant: tuple, data: str, split: str, threads: int, runs: int, cali
         "macs": int(count_macs(model, torch.zeros(1, 3, size, size))),
         "checkpoint_bytes": ckpt.stat().st_size,
     }
-    try:
-        from edgesplit.plugins.quant.binary import binary_layers
-
-        layers = binary_layers(model)
-    except ImportError:
-        layers = {}
+    layers = binary_layers(model)
     if layers:
         n = sum(int(l.weight.numel()) for l in layers.values())
         packed = sum(int(v.numel() * v.element_size()) for l in layers.values() for v in l.packed().values()
@@ -171,7 +156,8 @@ def measure(variant: tuple, data: str, split: str, threads: int, runs: int, cali
         latency = {}
         for backend in ("onnxruntime", "openvino"):
             session = open_part(bundle, "model", backend, threads=threads)
-            latency[backend] = _median_ms(lambda: session.run({"image": image}), runs)
+            latency[backend] = median_latency_ms(session, {"image": image}, warmup=5, runs=runs,
+                                                 budget_s=float("inf"))
             del session
         entry["latency_ms_b1"] = latency
         print(f"[{name}] latency b1 x{threads} threads: " +
@@ -232,6 +218,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from edgesplit.export._exporter import _cpu_name
+
     previous = json.loads(out.read_text()) if out.is_file() else {"variants": []}
     kept = {e["variant"]: e for e in previous.get("variants", [])}
     for v in VARIANTS:
@@ -239,12 +227,9 @@ def main() -> int:
             kept[v[0]] = measure(v, args.data, args.split, args.threads, args.runs, args.calib, args.limit)
     results = {
         "command": "python bench/students.py " + " ".join(sys.argv[1:]),
-        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "split": args.split,
+        "cpu": _cpu_name(), "threads": args.threads, "split": args.split,
         "variants": [kept[v[0]] for v in VARIANTS if v[0] in kept],
     }
-    from edgesplit.export._exporter import _cpu_name
-
-    results["cpu"] = _cpu_name()
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(out)

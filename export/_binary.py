@@ -14,10 +14,10 @@ from torch import nn
 
 from edgesplit.errors import ConfigError, ExportError
 from edgesplit.preprocess import Preprocess
-from edgesplit.runtime.binary_graph import BUILDER, InputSpec, save_net, weight_bytes
+from edgesplit.runtime.binary_graph import BUILDER, InputSpec, LoweredNet, save_net, weight_bytes
 
-__all__ = ["PRECISIONS", "OPENVINO_FILE", "BUILDER", "binary_layer_count", "check_exportable", "weight_sizes",
-           "write_onnx", "write_openvino", "int8_note"]
+__all__ = ["PRECISIONS", "OPENVINO_FILE", "BUILDER", "binary_layer_count", "check_exportable", "lowered",
+           "weight_bytes", "write_onnx", "write_openvino", "int8_note"]
 
 PRECISIONS = ("fp32",)
 OPENVINO_FILE = "binary/model.npz"
@@ -44,29 +44,26 @@ def check_exportable(name: str, layers: int, precision: str, split: bool) -> Non
             "fuses); export with --precision fp32")
 
 
-def write_onnx(model: nn.Module, spec: Preprocess, path: Path) -> Any:
+def lowered(model: nn.Module) -> LoweredNet:
+    """The student as the arrays every binary artifact is written from (BatchNorm folded; once per export)."""
+    from edgesplit.plugins.quant._lowering import lower
+
+    return lower(model)
+
+
+def write_onnx(net: LoweredNet, spec: Preprocess, path: Path) -> Any:
     """``model.onnx`` for onnxruntime and TensorRT: uint8 NHWC ``image`` (normalized inside) -> ``logits``, dynamic
     batch, binary layers as INT8 Q/DQ with values in {-1, +1}; returns the ``ModelProto``."""
     from edgesplit.plugins.quant.onnx_binary import export_binary_onnx
 
-    return export_binary_onnx(model, path, image=spec)["model"]
+    return export_binary_onnx(net, path, image=spec)["model"]
 
 
-def weight_sizes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the binary layers' weights: ``packed`` (1 bit each, as ``binary/model.npz`` stores them) and
-    ``fp32`` (what a dense graph, e.g. an OpenVINO IR, would store)."""
-    from edgesplit.plugins.quant._lowering import lower
-
-    return weight_bytes(lower(model))
-
-
-def write_openvino(model: nn.Module, spec: Preprocess, path: Path) -> dict[str, str]:
+def write_openvino(net: LoweredNet, spec: Preprocess, path: Path) -> dict[str, str]:
     """Write the packed network (1 bit per binary weight) that the runtime builds OpenVINO's graph from at load
     time; returns its manifest entry."""
-    from edgesplit.plugins.quant._lowering import lower
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_net(path, lower(model), InputSpec(spec.size, spec.mean, spec.std))
+    save_net(path, net, InputSpec(spec.size, spec.mean, spec.std))
     return {"builder": BUILDER, "model": OPENVINO_FILE}
 
 

@@ -215,7 +215,8 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
         n_binary = _binary.binary_layer_count(model)  # > 0: its own graphs (binary layers stay 1-bit)
     if n_binary:
         _binary.check_exportable(ckpt.name, n_binary, precision, split)
-    binary_weights = _binary.weight_sizes(model) if n_binary else None
+    binary_net = _binary.lowered(model) if n_binary else None  # every binary artifact is written from it
+    binary_weights = _binary.weight_bytes(binary_net) if binary_net is not None else None
     steps.say(f"loaded {ckpt.name}: {kind} model {info['model'].get('name', '?')!r}, {len(labels)} labels, "
               f"input {spec.size}x{spec.size}" + (f", {n_binary} binary layers" if n_binary else ""))
 
@@ -227,10 +228,10 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
 
     # -- torch -> ONNX (fp32: the source of every other artifact) -------------------------------------------------
     with steps.step("onnx"):
-        if n_binary:  # built from the lowered arrays, not traced: binary layers become INT8 Q/DQ with +-1 values
+        if binary_net is not None:  # built from the lowered arrays, not traced: binary layers become INT8 Q/DQ
             parts, inputs = ["model"], {"model": "image"}
             fp32_path = {"model": scratch / "model.fp32.onnx"}
-            fp32_model = {"model": _binary.write_onnx(model, spec, fp32_path["model"])}
+            fp32_model = {"model": _binary.write_onnx(binary_net, spec, fp32_path["model"])}
         else:
             specs = graph_specs(model, spec)
             parts = [g.part for g in specs]
@@ -320,9 +321,9 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
     if "onnxruntime" in backends:
         for p in parts:
             files[p]["onnxruntime"] = {"model": f"{p}.onnx"}
-    if "openvino" in backends and binary_weights is not None:
+    if "openvino" in backends and binary_net is not None:
         with steps.step("openvino binary"):
-            files["model"]["openvino"] = _binary.write_openvino(model, spec, writer.path(_binary.OPENVINO_FILE))
+            files["model"]["openvino"] = _binary.write_openvino(binary_net, spec, writer.path(_binary.OPENVINO_FILE))
         steps.say(f"OpenVINO: {_binary.OPENVINO_FILE} ({_size(binary_weights['packed'])} of packed sign bits for "
                   f"{n_binary} binary layers, {_size(binary_weights['fp32'])} as float32), built into a "
                   "BinaryConvolution graph at load time")

@@ -547,12 +547,10 @@ def open_session(backend: str, path: str | Path, device: str = "cpu", threads: i
     ``builder``: ``path`` is not a graph but what one of ``BUILDERS[backend]`` builds a graph from in memory.
     """
     factory = _factory(backend)
-    if builder is None:
-        return factory(Path(path), device=device, threads=threads, weights=weights,  # type: ignore[no-any-return]
-                       options=options)
     _check_builder(backend, builder, str(path))
+    extra = {} if builder is None else {"builder": builder}  # only builder-aware backends take the argument
     return factory(Path(path), device=device, threads=threads, weights=weights,  # type: ignore[no-any-return]
-                   options=options, builder=builder)
+                   options=options, **extra)
 
 
 def open_part(bundle: Any, part: str, backend: str, device: str = "cpu", threads: int | None = None, *,
@@ -567,8 +565,7 @@ def open_part(bundle: Any, part: str, backend: str, device: str = "cpu", threads
     model = bundle.file(part, backend, "model")
     entry = bundle.manifest["parts"][part][backend] or {}
     weights = bundle.file(part, backend, "weights") if "weights" in entry else None
-    builder = entry.get("builder")
-    _check_builder(backend, builder, f"{bundle.path}: parts.{part}.{backend}")
+    builder = entry.get("builder")  # checked by open_session
     recorded = (bundle.manifest.get("runtime") or {}).get(backend) or {}
     if not isinstance(recorded, Mapping):
         raise BundleError(f"{bundle.path}: manifest runtime.{backend} must map option names to values")

@@ -28,7 +28,8 @@ import numpy as np
 from edgesplit.errors import BackendUnavailable, BundleError
 
 __all__ = ["BUILDER", "FILE_FORMAT", "RealConv", "BinaryUnit", "Block", "LoweredNet", "InputSpec", "save_net",
-           "load_net", "weight_bytes", "openvino_model", "openvino_model_from_file", "binary_layer_types"]
+           "load_net", "weight_bytes", "import_openvino", "openvino_model", "openvino_model_from_file",
+           "binary_layer_types"]
 
 BUILDER = "binary-v1"  # the manifest's parts.<part>.openvino.builder for a file written by ``save_net``
 FILE_FORMAT = 1  # the ``format`` entry of that file
@@ -255,7 +256,8 @@ def load_net(path: str | Path) -> tuple[LoweredNet, InputSpec]:
 
 # -- OpenVINO ------------------------------------------------------------------------------------------------------
 
-def _openvino() -> tuple[Any, Any]:
+def import_openvino() -> tuple[Any, Any]:
+    """``(openvino, opset13)``, or ``BackendUnavailable`` naming the extra to install."""
     try:
         import openvino as ov
         from openvino import opset13 as ops
@@ -328,7 +330,7 @@ def openvino_model(net: LoweredNet, input_shape: tuple[int, int, int, int] | Non
     FakeQuantize for a float comparison so every convolution stays a dense FP32 one (same outputs; for speed
     comparisons).
     """
-    ov, ops = _openvino()
+    ov, ops = import_openvino()
     if image is not None:
         param = ops.parameter([-1, image.size, image.size, 3], np.uint8, name="image")
         x = _normalized(ops, param, image)

@@ -17,7 +17,7 @@ from torch import nn
 
 from edgesplit.errors import BackendUnavailable, ExportError
 from edgesplit.preprocess import Preprocess
-from edgesplit.runtime.binary_graph import BinaryUnit, RealConv
+from edgesplit.runtime.binary_graph import BinaryUnit, LoweredNet, RealConv
 
 from ._lowering import lower
 
@@ -93,9 +93,10 @@ def _normalized(g: _Graph, image: str, spec: Preprocess) -> str:
     return g.op("Div", [x, g.const(np.asarray(spec.std, np.float32).reshape(per), "std")])
 
 
-def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET,
+def export_binary_onnx(model: nn.Module | LoweredNet, path: str | Path, *, opset: int = OPSET,
                        image: Preprocess | None = None) -> dict[str, Any]:
-    """Write ``model`` (a binary student, exported in eval mode) to ``path`` as ONNX with INT8 Q/DQ binary layers.
+    """Write ``model`` (a binary student, exported in eval mode, or its ``lower()``-ed arrays) to ``path`` as ONNX
+    with INT8 Q/DQ binary layers.
 
     Input ``input`` (N, 3, H, W) float32 with batch and image size dynamic; or, with ``image``, the bundle contract:
     ``image`` uint8 (N, size, size, 3), normalized inside with the spec's mean/std, batch dynamic. Output ``logits``
@@ -107,7 +108,7 @@ def export_binary_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as exc:
         raise BackendUnavailable("ONNX export needs onnx; install it with: pip install 'edgesplit[export]'") from exc
-    net = lower(model)
+    net = model if isinstance(model, LoweredNet) else lower(model)
     g = _Graph(helper, numpy_helper)
     if image is None:
         x = "input"

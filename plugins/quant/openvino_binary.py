@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgesplit.errors import BackendUnavailable, ExportError
-from edgesplit.runtime.binary_graph import binary_layer_types, openvino_model
+from edgesplit.errors import ExportError
+from edgesplit.runtime.binary_graph import binary_layer_types, import_openvino, openvino_model
 
 from ._lowering import lower
 
@@ -41,10 +41,7 @@ def build_openvino_model(model: nn.Module, input_shape: tuple[int, int, int, int
 
 def compile_model(ov_model: Any, device: str = "CPU", config: dict[str, Any] | None = None) -> Any:
     """Compile on ``device`` with FP32 inference precision unless ``config`` says otherwise."""
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise BackendUnavailable("OpenVINO is not installed; install it with: pip install 'edgesplit[openvino]'") from exc
+    ov, _ = import_openvino()
     try:
         return ov.Core().compile_model(ov_model, device, {**F32_CONFIG, **(config or {})})
     except RuntimeError as exc:

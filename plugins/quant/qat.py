@@ -246,7 +246,6 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
 
 
-
 class _ExportQuant(nn.Module):
     """An ``LsqQuantizer`` at export: ``edgesplit.export.qdq.fake_quant`` (ONNX QuantizeLinear/DequantizeLinear)
     with the learned step as scale and zero point 0 (``of``), or a weight's step after BatchNorm folding.

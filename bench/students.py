@@ -42,8 +42,8 @@ VARIANTS = [
 ]
 
 
-def _profile(compiled: Any, x: np.ndarray, runs: int) -> dict[str, float]:
-    """Median over ``runs`` inferences of the real time (ms) of the whole graph and of its binary layers.
+def _profile_times(request: Any) -> tuple[float, float]:
+    """(whole graph, binary layers) real time in ms of the request's last inference, from its per-node profile.
 
     A binary layer's ops carry the ``binary_unit_`` name prefix (``runtime.binary_graph``); OpenVINO keeps it on the
     1-bit graph's FakeQuantize and BinaryConvolution nodes and on the FP32 twin's comparison subgraph, but renames
@@ -52,22 +52,30 @@ def _profile(compiled: Any, x: np.ndarray, runs: int) -> dict[str, float]:
     shortcuts, named the same in both graphs)."""
     from edgesplit.runtime.binary_graph import BINARY_UNIT_PREFIX, REAL_CONV_PREFIX
 
-    request = compiled.create_infer_request()
-    for _ in range(3):
-        request.infer({0: x})
-    total, binary = [], []
+    t_all = t_bin = 0.0
+    for info in request.profiling_info:
+        ms = info.real_time.total_seconds() * 1e3
+        t_all += ms
+        if info.node_name.startswith(BINARY_UNIT_PREFIX) or (
+                info.node_type == "Convolution" and not info.node_name.startswith(REAL_CONV_PREFIX)):
+            t_bin += ms
+    return t_all, t_bin
+
+
+def _profile_pair(compiled: dict[str, Any], x: np.ndarray, runs: int) -> dict[str, dict[str, float]]:
+    """Per-node profiles of the 1-bit graph and its FP32 twin, inferred alternately (one of each per round, so both
+    see the same background load), medians over ``runs`` rounds."""
+    requests = {name: c.create_infer_request() for name, c in compiled.items()}
+    for _ in range(5):
+        for req in requests.values():
+            req.infer({0: x})
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in requests}
     for _ in range(runs):
-        request.infer({0: x})
-        t_all = t_bin = 0.0
-        for info in request.profiling_info:
-            ms = info.real_time.total_seconds() * 1e3
-            t_all += ms
-            if info.node_name.startswith(BINARY_UNIT_PREFIX) or (
-                    info.node_type == "Convolution" and not info.node_name.startswith(REAL_CONV_PREFIX)):
-                t_bin += ms
-        total.append(t_all)
-        binary.append(t_bin)
-    return {"total_ms": float(statistics.median(total)), "binary_layers_ms": float(statistics.median(binary))}
+        for name, req in requests.items():
+            req.infer({0: x})
+            times[name].append(_profile_times(req))
+    return {name: {"total_ms": float(statistics.median(t for t, _ in ts)),
+                   "binary_layers_ms": float(statistics.median(b for _, b in ts))} for name, ts in times.items()}
 
 
 def binary_kernel(model: Any, size: int, threads: int, runs: int) -> dict[str, Any]:
@@ -80,13 +88,14 @@ def binary_kernel(model: Any, size: int, threads: int, runs: int) -> dict[str, A
 
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     out: dict[str, Any] = {}
-    compiled = {}
+    compiled, profiled = {}, {}
     for name, binary in (("binary", True), ("fp32", False)):
         ov_model = build_openvino_model(model, (1, 3, size, size), binary=binary)
         compiled[name] = compile_model(ov_model, config={"INFERENCE_NUM_THREADS": threads})
         out[f"{name}_ms"] = time_compiled(compiled[name], x, runs=runs, warmup=10)["median_ms"]
-        prof = compile_model(ov_model, config={"INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
-        out[f"{name}_profile"] = _profile(prof, x, max(50, runs // 2))
+        profiled[name] = compile_model(ov_model, config={"INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
+    for name, prof in _profile_pair(profiled, x, max(100, runs)).items():
+        out[f"{name}_profile"] = prof
     types = binary_layer_types(compiled["binary"])
     out["binary_convolutions"] = types.get("BinaryConvolution", 0)
     out["dense_convolutions_in_binary_graph"] = types.get("Convolution", 0)

@@ -299,6 +299,36 @@ def test_float_student_initialises_quantized_and_binary_students() -> None:
     assert not unexpected and all(k.endswith(".threshold") for k in missing)
 
 
+def test_two_step_first_step_keeps_real_weights_and_initialises_the_binary_step(tmp_path: Path) -> None:
+    """Step 1 (``estimator: real``): binary activations, real weights, saved unpacked; its latent weights carry
+    over unchanged into the step-2 binary student through ``init:``'s state dict, and step 1 has no 1-bit form."""
+    from edgesplit.train.checkpoint import load, save_checkpoint
+
+    torch.manual_seed(0)
+    kw = dict(TINY_BINARY, estimator="real", activation_estimator="reste")
+    step1 = registry.create("student", "binary", **kw)
+    conv = step1.stage2[0].conv2
+    x = torch.randn(2, conv.in_channels, 8, 8)
+    with torch.no_grad():  # real weights: the conv sees W itself, not sign(W)
+        xb = binarize(x - conv.threshold.view(1, -1, 1, 1))
+        ref = F.conv2d(F.pad(xb, (1, 1, 1, 1), value=-1.0), conv.weight) * conv.channel_scale().view(1, -1, 1, 1)
+        assert torch.allclose(conv(x), ref, atol=1e-6)
+    logits = step1(torch.randn(2, 3, 32, 32))
+    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    assert conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="real-valued"):
+        conv.packed()
+    path = tmp_path / "step1.safetensors"
+    save_checkpoint(step1, path, model_config={"kind": "student", "name": "binary", "params": kw},
+                    labels=list("abcde"), preprocess={})
+    reloaded = load(path, eval_mode=False)
+    step2 = registry.create("student", "binary", **dict(TINY_BINARY, estimator="reste"))
+    missing, unexpected = step2.load_state_dict(reloaded.state_dict(), strict=False)
+    assert not missing and not unexpected
+    assert torch.equal(step2.stage2[0].conv2.weight, conv.weight)  # real magnitudes, not sign * scale
+    assert torch.equal(step2.stage2[0].conv2.binary_weight(), binarize(conv.weight))
+
+
 # -- packed storage ----------------------------------------------------------------------------------------
 
 def test_pack_unpack_round_trip() -> None:

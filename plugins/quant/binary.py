@@ -143,6 +143,19 @@ class ClippedSTE(SignEstimator):
         return f"clip={self.clip}"
 
 
+@register_estimator("real")
+class RealValued(SignEstimator):
+    """No binarization: the identity, with gradient 1. For the first step of two-step training (ReActNet, Liu et
+    al., ECCV 2020: binary activations with real weights, then both binary), as ``estimator: real`` with an
+    ``activation_estimator``. A layer with real weights has no 1-bit form: ``BinaryConv2d.packed`` refuses it."""
+
+    def binary(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def surrogate_grad(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(x)
+
+
 @register_estimator("approx_sign")
 class ApproxSign(SignEstimator):
     """Bi-Real Net's piecewise-polynomial estimator (Liu et al., ECCV 2018): gradient max(0, 2 - 2|x|)."""
@@ -270,6 +283,9 @@ class BinaryConv2d(nn.Conv2d):
     @torch.no_grad()
     def packed(self) -> dict[str, torch.Tensor]:
         """``weight_bits`` (uint8, packed sign bits), ``weight_shape`` (int64) and ``weight_scale`` (float32)."""
+        if isinstance(self.weight_estimator, RealValued):
+            raise ConfigError("this layer's weights are real-valued (estimator 'real', the first step of two-step "
+                              "training): it has no 1-bit form; train the second step with a binary estimator")
         return {"weight_bits": pack_signs(self.binary_weight()),
                 "weight_shape": torch.tensor(self.weight.shape, dtype=torch.int64),
                 "weight_scale": self.channel_scale().detach().float().clone()}
@@ -373,6 +389,8 @@ class BinaryResNet(Backbone):
         """The state dict with each binary layer's latent weights (and learned scale) replaced by packed sign bits,
         shape and per-channel scale: 1 bit per weight. Resumable training state uses ``state_dict()``."""
         state = dict(self.state_dict())
+        if self.estimator_config["weights"][0] == "real":
+            return state  # two-step training's first step: real weights, nothing to pack
         for name, layer in binary_layers(self).items():
             state.pop(f"{name}.weight")
             state.pop(f"{name}.scale", None)

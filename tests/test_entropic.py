@@ -294,6 +294,10 @@ def test_teacher_hash_is_checked(teacher_path: Path) -> None:
         _student(teacher_path, num_classes=3)
     with pytest.raises(ConfigError, match="not a stage"):
         _student(teacher_path, cut="head")
+    with pytest.raises(ConfigError, match=r"tune_tail: \['stage1'\] are not stages after the cut"):
+        _student(teacher_path, tune_tail=["stage1"])
+    with pytest.raises(ConfigError, match="list of stage names"):
+        _student(teacher_path, tune_tail="stage3")
 
 
 def test_device_side_costs_at_most_a_tenth_of_the_teacher() -> None:
@@ -343,8 +347,10 @@ def test_recipes_cover_five_betas_in_two_stages() -> None:
         stage2 = load_train_config(stage1_path.with_name(stage1_path.name.replace("stage1", "stage2")))
         assert stage1.name == stage1_path.stem and stage2.name == stage1_path.stem.replace("stage1", "stage2")
         assert stage1.model.kind == stage2.model.kind == "student" and stage1.model.name == "entropic"
-        assert stage1.model.params == stage2.model.params and stage1.teacher == stage1.model.params["teacher"]
-        assert stage1.freeze == ["tail"] and stage2.freeze == ["encoder", "bottleneck", "tail"]
+        # stage 2 adds only which tail stages it fine-tunes (the first one after the cut); the rest stays frozen
+        assert stage2.model.params == {**stage1.model.params, "tune_tail": ["stage3"]}
+        assert stage1.teacher == stage1.model.params["teacher"]
+        assert stage1.freeze == ["tail"] and stage2.freeze == ["encoder", "bottleneck"]
         names = [l.name for l in stage1.losses]
         assert names == ["feature_mse", "rate", "aux"]
         betas.append(stage1.losses[1].weight)
@@ -371,9 +377,10 @@ def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:
         "losses": [{"name": "feature_mse", "params": {"stages": ["stage2", "stage3"]}},
                    {"name": "rate", "weight": 1e-4}, {"name": "aux"}]})
     train(stage1, tmp_path / "s1", data_root=str(image_folder), progress=False)
+    tuned = {**model, "params": {**model["params"], "tune_tail": ["stage3"]}}
     stage2 = from_dict(TrainConfig, {
-        **common, "name": "s2", "init": str(tmp_path / "s1" / "model.safetensors"),
-        "freeze": ["encoder", "bottleneck", "tail"], "optimizer": {"name": "adam", "lr": 1e-3},
+        **common, "model": tuned, "name": "s2", "init": str(tmp_path / "s1" / "model.safetensors"),
+        "freeze": ["encoder", "bottleneck"], "optimizer": {"name": "adam", "lr": 1e-3},
         "losses": [{"name": "kd"}, {"name": "ce"}]})
     train(stage2, tmp_path / "s2", data_root=str(image_folder), progress=False)
 
@@ -382,8 +389,17 @@ def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("decoder."))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
     assert a["bottleneck.quantiles"].abs().max() > 10.0  # the quantiles' own lr moved them in 3 steps
-    with safe_open(str(tmp_path / "s2" / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(tmp_path / "s1" / "model.safetensors"), framework="pt") as f:
         assert not [k for k in f.keys() if k.startswith("tail.")]
+    with safe_open(str(tmp_path / "s2" / "model.safetensors"), framework="pt") as f:
+        saved_tail = [k for k in f.keys() if k.startswith("tail.")]
+    # stage 2 fine-tuned tail.stage3 (weights and BatchNorm statistics) and saved it; stage4 and the head are the
+    # teacher's, bit for bit, and not in the file
+    assert saved_tail and all(k.startswith("tail.stage3.") for k in saved_tail)
+    t1, t2 = first.tail.state_dict(), second.tail.state_dict()
+    assert any(not torch.equal(t1[k], t2[k]) for k in t1 if k.startswith("stage3.") and k.endswith("conv1.weight"))
+    assert any(not torch.equal(t1[k], t2[k]) for k in t1 if k.startswith("stage3.") and k.endswith("running_mean"))
+    assert all(torch.equal(t1[k], t2[k]) for k in t1 if not k.startswith("stage3."))
     for stage in ("s1", "s2"):  # the engine records the model's resolved recipe, teacher hash included
         params = read_metadata(tmp_path / stage / "model.safetensors")["model"]["params"]
         assert params["teacher_sha256"] == file_sha256(teacher) and params["bottleneck_channels"] == 8

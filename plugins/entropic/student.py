@@ -76,23 +76,24 @@ class SplitStudent(nn.Module):
     (image -> int32 symbols). Server: ``bottleneck`` medians, ``decoder`` (convs + IGDN back to the teacher's
     channels at ``cut``) and ``tail`` (the teacher's stages after ``cut`` and its head; symbols -> logits).
 
-    The tail is the teacher's, unchanged and never trained: it is frozen here (``requires_grad=False``, kept in eval
-    mode by :meth:`train`) and left out of :meth:`checkpoint_state_dict`, since the student's recipe rebuilds it
-    from the teacher checkpoint, whose sha256 the recipe pins. That keeps committed student weights small (0.36 M
-    parameters, ~0.7 MB in fp16, for the default recipe on ResNet-18, against ~21 MB for a fine-tuned copy of its
-    stage3+stage4+head per beta). It departs from the paper, whose second stage fine-tunes the decoder *and* the
-    tail: here stage 2 fine-tunes the decoder only.
+    The tail is the teacher's: frozen here (``requires_grad=False``, kept in eval mode by :meth:`train`) and left
+    out of :meth:`checkpoint_state_dict`, since the student's recipe rebuilds it from the teacher checkpoint, whose
+    sha256 the recipe pins. The paper's second stage fine-tunes the decoder *and* the whole tail; here
+    ``tune_tail`` names the tail stages that are trained (and then saved with the student; the others stay the
+    teacher's). The committed recipes tune the first stage after the cut, so a student checkpoint stays ~1.4 MB in
+    fp16 instead of carrying a copy of the whole tail per beta.
 
     The constructor takes ownership of ``teacher``: its stages up to ``cut`` are replaced by ``nn.Identity``.
 
     Training stages (see ``configs/entropic_*``): stage 1 trains encoder, bottleneck and decoder with feature MSE
     at the cut and later stages plus ``beta`` x rate (noisy bottleneck); stage 2 freezes encoder and bottleneck
     (the engine puts frozen modules in eval mode, so the bottleneck rounds around its medians exactly as deployed)
-    and trains the decoder with KD + CE on the final logits.
+    and trains the decoder and the ``tune_tail`` stages with KD + CE on the final logits.
     """
 
     def __init__(self, teacher: Backbone, cut: str = "stage2", bottleneck_channels: int = 24,
-                 encoder_channels: int = 96, decoder_channels: int = 128, encoder_layers: int = 3) -> None:
+                 encoder_channels: int = 96, decoder_channels: int = 128, encoder_layers: int = 3,
+                 tune_tail: Iterable[str] = ()) -> None:
         super().__init__()
         strides = getattr(teacher, "stage_strides", None)
         channels = getattr(teacher, "stage_channels", None)
@@ -139,6 +140,15 @@ class SplitStudent(nn.Module):
         self.tail.requires_grad_(False)
         self.tail.eval()
         self.tail_stages = [s for s in teacher.stages_between(cut, None) if s in channels]
+        if isinstance(tune_tail, str):
+            raise ConfigError(f"tune_tail must be a list of stage names, got the string {tune_tail!r}")
+        self.tune_tail = [str(s) for s in tune_tail]
+        tunable = teacher.stages_between(cut, None)
+        bad = [s for s in self.tune_tail if s not in tunable]
+        if bad:
+            raise ConfigError(f"tune_tail: {bad} are not stages after the cut {cut!r}; choose from {', '.join(tunable)}")
+        for name in self.tune_tail:
+            getattr(self.tail, name).requires_grad_(True)
         self.stage_channels = {cut: cut_channels, **{s: int(channels[s]) for s in self.tail_stages}}
         self.stage_strides = {cut: int(strides[cut]), **{s: int(strides[s]) for s in self.tail_stages}}
         self.recipe_params: dict[str, Any] = {}  # filled by the registered factory: what rebuilds this model
@@ -147,11 +157,15 @@ class SplitStudent(nn.Module):
     def train(self, mode: bool = True) -> SplitStudent:
         super().train(mode)
         self.tail.eval()  # the teacher's BatchNorm statistics are part of the (unsaved) tail: never update them
+        for name in self.tune_tail:
+            getattr(self.tail, name).train(mode)
         return self
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
-        """Encoder, bottleneck and decoder weights; the tail is rebuilt from the teacher checkpoint."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("tail.")}
+        """Encoder, bottleneck, decoder and ``tune_tail`` weights; the rest of the tail is rebuilt from the teacher
+        checkpoint."""
+        tuned = tuple(f"tail.{name}." for name in self.tune_tail)
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("tail.") or k.startswith(tuned)}
 
     def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load :meth:`checkpoint_state_dict` output strictly (a missing or unexpected key is a RuntimeError)."""
@@ -160,7 +174,8 @@ class SplitStudent(nn.Module):
         if missing or unexpected:
             raise RuntimeError(f"student weights do not match: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
                                f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-                               " (tail weights come from the teacher checkpoint, not the student's)")
+                               " (tail weights come from the teacher checkpoint, except the recipe's tune_tail "
+                               "stages)")
         self.load_state_dict(state, strict=False)
 
     def device_modules(self) -> dict[str, nn.Module]:
@@ -323,11 +338,12 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
 @register("student", "entropic")
 def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, encoder_channels: int = 96,
              decoder_channels: int = 128, encoder_layers: int = 3, num_classes: int | None = None,
-             teacher_sha256: str | None = None) -> SplitStudent:
+             teacher_sha256: str | None = None, tune_tail: list[str] | None = None) -> SplitStudent:
     """Entropic Student over the teacher checkpoint at ``teacher``, split after stage ``cut``.
 
     ``teacher_sha256`` pins the exact teacher file (a mismatch is a ConfigError); the model's ``recipe_params``
-    carry it, filled in, so a checkpoint's recipe rebuilds the same tail or fails loudly.
+    carry it, filled in, so a checkpoint's recipe rebuilds the same tail or fails loudly. ``tune_tail``: tail
+    stages (after ``cut``) that stage 2 fine-tunes and the student checkpoint stores.
     """
     from edgesplit.train.checkpoint import load  # torch-heavy; imported on use
 
@@ -344,11 +360,13 @@ def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, e
         raise ConfigError(f"{teacher}: the teacher predicts {classes} classes, params.num_classes is {num_classes}")
     student = SplitStudent(model, cut=cut, bottleneck_channels=bottleneck_channels,
                            encoder_channels=encoder_channels, decoder_channels=decoder_channels,
-                           encoder_layers=encoder_layers)
+                           encoder_layers=encoder_layers, tune_tail=tune_tail or ())
     student.recipe_params = {
         "teacher": str(teacher), "cut": cut, "bottleneck_channels": bottleneck_channels,
         "encoder_channels": encoder_channels, "decoder_channels": decoder_channels,
         "encoder_layers": encoder_layers, "num_classes": classes if num_classes is None else num_classes,
         "teacher_sha256": digest,
     }
+    if tune_tail:
+        student.recipe_params["tune_tail"] = list(tune_tail)
     return student

@@ -15,6 +15,10 @@ for v in $variants; do
         resume=; [ -f "$run/state.safetensors" ] && resume=--resume
         $es train "configs/student_$v.yaml" --out "$run" --data "$data" --threads "$threads" --no-progress $resume
     fi
-    [[ $v == *_step1 ]] && continue
+    if [[ $v == *_step1 ]]; then  # kept beside the step-2 weights it initialised
+        cp "$run/config.yaml" "samples/weights/student_${v%_step1}.step1.yaml"
+        cp "$run/log.jsonl" "samples/weights/student_${v%_step1}.step1.log.jsonl"
+        continue
+    fi
     .venv/bin/python bench/publish.py "$run" --name "student_$v" --data "$data" > "$run/publish.json"
 done

@@ -25,7 +25,7 @@ from edgesplit.errors import BackendUnavailable, ConfigError, EdgesplitError, Ex
 from edgesplit.preprocess import Preprocess
 
 from ._calibration import Calibration, calibration_images
-from ._parity import TOLERANCES, Reference, failed_checks, measure, median_latency_ms
+from ._parity import MATCH_ATOL, TOLERANCES, Reference, failed_checks, measure, median_latency_ms
 
 __all__ = ["FORMATS", "BACKENDS", "PRECISIONS", "REPORT_FILE", "parse_formats", "export_checkpoint",
            "report_table"]
@@ -156,7 +156,8 @@ def export_checkpoint(
     ``formats``: ``onnx``, ``openvino``, ``tensorrt`` (or backend keys). ``precision``: ``fp32``, ``fp16`` (ONNX with
     fp16 compute and float32 I/O; OpenVINO IR with fp16 weights) or ``int8`` (QDQ ONNX from onnxruntime's static
     quantization; OpenVINO IR from NNCF), calibrated on ``calib_images`` images from the ImageFolder ``calib`` (or
-    synthetic ones). Parity (batch 1 and 3): see ``TOLERANCES`` (override keys with ``tolerances``); a failure raises
+    synthetic ones). Parity (batch 1 and 3): see ``TOLERANCES``, ``"binary"`` for a model with 1-bit layers (override
+    keys with ``tolerances``); a failure raises
     ``ExportError`` with the numbers unless ``verify=False``. ``threads``: CPU threads for the parity and latency
     sessions (None: the backends' defaults). ``progress`` receives one line per step.
 
@@ -176,8 +177,6 @@ def export_checkpoint(
     backends = parse_formats(formats)
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    tol = dict(TOLERANCES[precision])
-    tol.update(tolerances or {})
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt}: no such checkpoint file")
@@ -189,7 +188,7 @@ def export_checkpoint(
         try:
             return _export(ckpt, dest, writer, Path(tmp), backends=backends, precision=precision, calib=calib,
                            calib_images=calib_images, verify=verify, steps=steps, name=name, threads=threads,
-                           tol=tol)
+                           tolerances=tolerances)
         except EdgesplitError:
             raise
         except Exception as exc:  # noqa: BLE001 - a foreign failure (torch, onnx, a plugin) ends the export
@@ -198,7 +197,7 @@ def export_checkpoint(
 
 def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, backends: list[str], precision: str,
             calib: str | Path | None, calib_images: int, verify: bool, steps: _Steps, name: str | None,
-            threads: int | None, tol: dict[str, float]) -> Bundle:
+            threads: int | None, tolerances: Mapping[str, float] | None) -> Bundle:
     from edgesplit.train.checkpoint import load
 
     from . import _binary, _onnxruntime, _openvino
@@ -215,6 +214,8 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
         n_binary = _binary.binary_layer_count(model)  # > 0: its own graphs (binary layers stay 1-bit)
     if n_binary:
         _binary.check_exportable(ckpt.name, n_binary, precision, split)
+    tol = dict(TOLERANCES["binary" if n_binary else precision])  # see TOLERANCES for why 1-bit models differ
+    tol.update(tolerances or {})
     binary_net = _binary.lowered(model) if n_binary else None  # every binary artifact is written from it
     binary_weights = _binary.weight_bytes(binary_net) if binary_net is not None else None
     steps.say(f"loaded {ckpt.name}: {kind} model {info['model'].get('name', '?')!r}, {len(labels)} labels, "
@@ -539,7 +540,7 @@ def _part_figures(part: str, figures: Mapping[str, Any]) -> dict[str, Any]:
     if not figures:
         return {}
     keys = ("symbol_agreement", "symbols_differing") if part == "encoder" else (
-        "max_abs_logits", "top1_agreement", "accuracy", "accuracy_drop")
+        "max_abs_logits", "logits_match_fraction", "top1_agreement", "accuracy", "accuracy_drop")
     return {k: figures[k] for k in keys if k in figures}
 
 
@@ -549,6 +550,8 @@ def _parity_text(fig: Mapping[str, Any]) -> str:
         bits.append(f"symbols {100 * fig['symbol_agreement']:.3f}% equal")
     if "max_abs_logits" in fig:
         bits.append(f"max|dlogits| {fig['max_abs_logits']:.2e}")
+    if fig.get("logits_match_fraction", 1.0) < 1.0:
+        bits.append(f"logits within {MATCH_ATOL:g} on {100 * fig['logits_match_fraction']:.0f}% of images")
     if "top1_agreement" in fig:
         bits.append(f"top-1 {100 * fig['top1_agreement']:.1f}% agree")
     if fig.get("accuracy") is not None:

@@ -10,17 +10,25 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-__all__ = ["TOLERANCES", "Reference", "measure", "failed_checks", "median_latency_ms"]
+__all__ = ["MATCH_ATOL", "TOLERANCES", "Reference", "measure", "failed_checks", "median_latency_ms"]
 
 # What an export must reach to be published (override per call with ``tolerances=``).
 #   fp32: logits within max_abs_logits of torch (split: the decoder fed torch's symbols), and the encoder's
 #         symbols equal to torch's for at least symbol_agreement of the elements;
 #   fp16, int8: the top-1 class equal to torch fp32's for at least top1_agreement of the images, and with
-#         labelled calibration images an accuracy no more than accuracy_drop below torch's.
+#         labelled calibration images an accuracy no more than accuracy_drop below torch's;
+#   binary (an fp32 export of a model with 1-bit layers): the logits of at least logits_match_fraction of the
+#         images within MATCH_ATOL of torch's, and the top-1 of at least top1_agreement. A sign activation is
+#         discontinuous: when a value sits within float rounding of its threshold, a runtime that orders the same
+#         float operations differently (OpenVINO folds the input normalization into the stem) flips that one
+#         activation and moves the image's logits by ~0.1-0.3, exactly where torch would too under another
+#         summation order. Such flips touch few images; a wrong graph (weights, thresholds, padding) touches all.
+MATCH_ATOL = 1e-4
 TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs_logits": 1e-4, "symbol_agreement": 0.999},
+    "fp32": {"max_abs_logits": MATCH_ATOL, "symbol_agreement": 0.999},
     "fp16": {"top1_agreement": 0.98, "accuracy_drop": 0.02},
     "int8": {"top1_agreement": 0.90, "accuracy_drop": 0.05},
+    "binary": {"logits_match_fraction": 0.8, "top1_agreement": 0.95},
 }
 
 
@@ -56,6 +64,7 @@ def measure(runners: Mapping[str, Runner], ref: Reference) -> dict[str, Any]:
     split = "encoder" in runners and ref.symbols is not None
     max_abs = 0.0
     e2e = np.empty_like(ref.logits)
+    matched = np.zeros(n, dtype=bool)  # per image, over its batch-of-3 pass: logits within MATCH_ATOL of torch's
     sym_equal, sym_total = 0, 0
     for k, sl in enumerate(chunks):
         if split:
@@ -72,10 +81,12 @@ def measure(runners: Mapping[str, Runner], ref: Reference) -> dict[str, Any]:
             max_abs = max(max_abs, float(np.abs(logits - ref.logits[sl]).max()))
         if k > 0:
             e2e[sl] = logits
+            matched[sl] = np.abs(logits - ref.logits[sl]).max(axis=1) <= MATCH_ATOL
     result: dict[str, Any] = {
         "images": n,
         "batches": sorted({sl.stop - sl.start for sl in chunks}),
         "max_abs_logits": max_abs,
+        "logits_match_fraction": float(matched.mean()),
         "top1_agreement": float((e2e.argmax(1) == ref.logits.argmax(1)).mean()),
     }
     if split:

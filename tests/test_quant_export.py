@@ -456,6 +456,36 @@ def test_binary_bundle_manifest_and_report(binary_bundle: Any) -> None:
     assert "8/8 as BinaryConvolution" in table and "8 as INT8 Q/DQ" in table and INT8_NOTE in table
 
 
+def test_binary_parity_tolerates_a_flipped_activation_but_not_a_wrong_graph() -> None:
+    """A 1-bit model's export passes with one image moved by a sign flip at a threshold (what float reordering
+    does), fails when every image is off (what a wrong graph does), and an fp32 model passes neither."""
+    from edgesplit.export._parity import MATCH_ATOL, Reference, failed_checks, measure
+
+    n = 10
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 4, 4, 3), np.uint8)
+    logits = np.zeros((n, 3), np.float32)
+    logits[:, 0] = 5.0  # a clear top-1, so the moves below keep it
+    ref = Reference(images=images, logits=logits)
+
+    class Runner:
+        def __init__(self, delta: np.ndarray) -> None:
+            self.delta = delta
+
+        def run(self, inputs: dict) -> dict:
+            idx = inputs["image"][:, 0, 0, 0].astype(int)
+            return {"logits": logits[idx] + self.delta[idx]}
+
+    one_flip = np.zeros((n, 3), np.float32)
+    one_flip[7, 1] = 0.25
+    everywhere = np.full((n, 3), 10 * MATCH_ATOL, np.float32)
+    flip = measure({"model": Runner(one_flip)}, ref)
+    assert flip["logits_match_fraction"] == pytest.approx(0.9) and flip["top1_agreement"] == 1.0
+    assert failed_checks("fp32", flip, TOLERANCES["binary"]) == []
+    assert failed_checks("fp32", flip, TOLERANCES["fp32"]) == ["max_abs_logits 0.25 > 0.0001"]
+    wrong = measure({"model": Runner(everywhere)}, ref)
+    assert failed_checks("fp32", wrong, TOLERANCES["binary"]) == ["logits_match_fraction 0 < 0.8"]
+
+
 def test_binary_onnx_has_the_bundle_contract_and_int8_binary_layers(binary_bundle: Any) -> None:
     proto = onnx.load(str(binary_bundle.file("model", "onnxruntime")))
     (image,), (logits,) = proto.graph.input, proto.graph.output

@@ -280,10 +280,15 @@ class BinaryConv2d(nn.Conv2d):
         y = F.conv2d(xb, self.binary_weight(), None, self.stride, 0, self.dilation, self.groups)
         return y * self.channel_scale().view(1, -1, 1, 1)
 
+    @property
+    def real_weights(self) -> bool:
+        """True for the first step of two-step training (estimator ``real``): the weights are not binarized."""
+        return isinstance(self.weight_estimator, RealValued)
+
     @torch.no_grad()
     def packed(self) -> dict[str, torch.Tensor]:
         """``weight_bits`` (uint8, packed sign bits), ``weight_shape`` (int64) and ``weight_scale`` (float32)."""
-        if isinstance(self.weight_estimator, RealValued):
+        if self.real_weights:
             raise ConfigError("this layer's weights are real-valued (estimator 'real', the first step of two-step "
                               "training): it has no 1-bit form; train the second step with a binary estimator")
         return {"weight_bits": pack_signs(self.binary_weight()),
@@ -389,9 +394,10 @@ class BinaryResNet(Backbone):
         """The state dict with each binary layer's latent weights (and learned scale) replaced by packed sign bits,
         shape and per-channel scale: 1 bit per weight. Resumable training state uses ``state_dict()``."""
         state = dict(self.state_dict())
-        if self.estimator_config["weights"][0] == "real":
+        layers = binary_layers(self)
+        if any(layer.real_weights for layer in layers.values()):
             return state  # two-step training's first step: real weights, nothing to pack
-        for name, layer in binary_layers(self).items():
+        for name, layer in layers.items():
             state.pop(f"{name}.weight")
             state.pop(f"{name}.scale", None)
             state.update({f"{name}.{k}": v for k, v in layer.packed().items()})

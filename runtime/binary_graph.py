@@ -27,12 +27,14 @@ import numpy as np
 
 from edgesplit.errors import BackendUnavailable, BundleError
 
-__all__ = ["BUILDER", "FILE_FORMAT", "RealConv", "BinaryUnit", "Block", "LoweredNet", "InputSpec", "save_net",
+__all__ = ["BUILDER", "FILE_FORMAT", "FILE_FORMATS", "RealConv", "BinaryUnit", "RPReLU", "Block", "LoweredNet", "InputSpec", "save_net",
            "load_net", "weight_bytes", "import_openvino", "openvino_model", "openvino_model_from_file",
            "binary_layer_types"]
 
 BUILDER = "binary-v1"  # the manifest's parts.<part>.openvino.builder for a file written by ``save_net``
-FILE_FORMAT = 1  # the ``format`` entry of that file
+FILE_FORMAT = 1  # the ``format`` entry of a file without activations (Bi-Real blocks)
+FILE_FORMAT_ACT = 2  # ... and of one with an RPReLU after every residual addition (ReActNet blocks)
+FILE_FORMATS = (FILE_FORMAT, FILE_FORMAT_ACT)  # what ``load_net`` reads
 MAX_BLOCKS = 1024  # a bound on what a file may declare before anything is allocated
 
 
@@ -62,13 +64,31 @@ class BinaryUnit:
 
 
 @dataclass(frozen=True)
+class RPReLU:
+    """``prelu(x - shift_in, slope) + shift_out`` per channel (ReActNet's RPReLU)."""
+
+    shift_in: np.ndarray  # (C,) float32
+    slope: np.ndarray  # (C,) float32
+    shift_out: np.ndarray  # (C,) float32
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The function on an NCHW numpy array (for tests and references)."""
+        per = (1, -1, 1, 1)
+        v = x - self.shift_in.reshape(per)
+        return np.where(v >= 0, v, v * self.slope.reshape(per)) + self.shift_out.reshape(per)
+
+
+@dataclass(frozen=True)
 class Block:
-    """``y = unit1(x) + shortcut(x)``, ``z = unit2(y) + y``; shortcut = avg pool (``pool``) then ``downsample``."""
+    """``y = act1(unit1(x) + shortcut(x))``, ``z = act2(unit2(y) + y)``; shortcut = avg pool (``pool``) then
+    ``downsample``; ``act1``/``act2``: identity (None, Bi-Real) or RPReLU (ReActNet)."""
 
     unit1: BinaryUnit
     unit2: BinaryUnit
     pool: int  # average-pool kernel and stride; 1: none
     downsample: RealConv | None
+    act1: RPReLU | None = None
+    act2: RPReLU | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,10 @@ class LoweredNet:
 
     def units(self) -> list[BinaryUnit]:
         return [u for b in self.blocks for u in (b.unit1, b.unit2)]
+
+    def activations(self) -> list[RPReLU | None]:
+        """The activation after each unit's residual addition, in ``units()`` order."""
+        return [a for b in self.blocks for a in (b.act1, b.act2)]
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,8 @@ def weight_bytes(net: LoweredNet) -> dict[str, int]:
 #   units.signs            uint8: per unit np.packbits(signs > 0) of its weights flattened in C order (big-endian
 #                          bits, as ``pack_signs`` stores checkpoints), each unit starting on a byte boundary
 #   units.threshold        float32 (sum in); units.affine float32 (3, sum out): alpha, bn_scale, bn_shift
+#   units.act              format 2 only: float32 (3, sum out): RPReLU shift_in, slope, shift_out after each unit's
+#                          residual addition (format 1: no activation, Bi-Real blocks)
 #   blocks                 int64 (B, 2): average-pool size (1: none), index of the shortcut conv in convs (-1: none)
 #   fc.weight, fc.bias     float32 (classes, features), (classes,)
 #
@@ -131,12 +157,16 @@ def save_net(path: str | Path, net: LoweredNet, image: InputSpec) -> None:
     for i, unit in enumerate(units):
         if not np.isin(unit.signs, (-1.0, 1.0)).all():
             raise ValueError(f"binary unit {i}: weights must be -1 or +1")
+    acts = net.activations()
+    with_act = any(a is not None for a in acts)
+    if with_act and any(a is None for a in acts):
+        raise ValueError("either every binary unit has an RPReLU after its residual addition or none does")
     blocks, index = [], 1
     for block in net.blocks:
         blocks.append([block.pool, index if block.downsample is not None else -1])
         index += block.downsample is not None
     out: dict[str, np.ndarray] = {
-        "format": np.array(FILE_FORMAT, np.int64), "builder": np.array(BUILDER),
+        "format": np.array(FILE_FORMAT_ACT if with_act else FILE_FORMAT, np.int64), "builder": np.array(BUILDER),
         "input.size": np.array(image.size, np.int64), "input.mean": np.asarray(image.mean, np.float32),
         "input.std": np.asarray(image.std, np.float32),
         "convs.geometry": np.array([_conv_geometry(c.weight.shape, c.stride, c.padding) for c in convs], np.int64),
@@ -150,6 +180,9 @@ def save_net(path: str | Path, net: LoweredNet, image: InputSpec) -> None:
         "blocks": np.array(blocks, np.int64).reshape(-1, 2),
         "fc.weight": np.asarray(net.fc_weight, np.float32), "fc.bias": np.asarray(net.fc_bias, np.float32),
     }
+    if with_act:
+        out["units.act"] = np.stack([np.concatenate([np.asarray(getattr(a, k), np.float32) for a in acts])
+                                     for k in ("shift_in", "slope", "shift_out")])
     with open(path, "wb") as f:
         np.savez(f, **out)
 
@@ -211,9 +244,10 @@ def load_net(path: str | Path) -> tuple[LoweredNet, InputSpec]:
     version, builder = arrays.get("format"), arrays.get("builder")
     found = (int(version) if version is not None and version.shape == () and version.dtype.kind == "i" else None,
              str(builder) if builder is not None and builder.shape == () and builder.dtype.kind == "U" else None)
-    if found != (FILE_FORMAT, BUILDER):
+    if found[0] not in FILE_FORMATS or found[1] != BUILDER:
         raise BundleError(f"{path}: binary network file of format {found[0]}, builder {found[1]!r}; this edgesplit "
-                          f"reads format {FILE_FORMAT}, builder {BUILDER!r} (re-export the bundle)")
+                          f"reads formats {', '.join(map(str, FILE_FORMATS))}, builder {BUILDER!r} (re-export the "
+                          f"bundle)")
     size = int(r.get("input.size", np.int64, ()))
     mean, std = r.get("input.mean", np.float32, (3,)), r.get("input.std", np.float32, (3,))
     if size < 1 or (std <= 0).any():
@@ -243,12 +277,20 @@ def load_net(path: str | Path) -> tuple[LoweredNet, InputSpec]:
         signs = (np.unpackbits(bits, count=n).astype(np.float32) * 2 - 1).reshape(g[:4])
         units.append(BinaryUnit(t, signs, alpha, bn_scale, bn_shift, g[4], g[5]))
 
+    acts: list[RPReLU | None] = [None] * len(units)
+    if found[0] == FILE_FORMAT_ACT:
+        act = r.take("units.act", r.get("units.act", np.float32, (3, None)), [g[0] for g in ug])
+        acts = [RPReLU(shift_in, slope, shift_out) for shift_in, slope, shift_out in act]
+    elif "units.act" in arrays:
+        raise r.fail(f"holds units.act but declares format {FILE_FORMAT} (no activations)")
+
     blocks = []
     for k, (pool, down) in enumerate(blocks_arr.tolist()):
         if pool < 1 or not (down == -1 or 1 <= down < len(convs)):
             raise r.fail(f"blocks[{k}] = ({pool}, {down}): pool must be >= 1 and the shortcut conv -1 or an index "
                          f"1..{len(convs) - 1} into convs")
-        blocks.append(Block(units[2 * k], units[2 * k + 1], int(pool), convs[down] if down > 0 else None))
+        blocks.append(Block(units[2 * k], units[2 * k + 1], int(pool), convs[down] if down > 0 else None,
+                            acts[2 * k], acts[2 * k + 1]))
     fc_weight = r.get("fc.weight", np.float32, (None, None))
     net = LoweredNet(convs[0], blocks, fc_weight, r.get("fc.bias", np.float32, (fc_weight.shape[0],)))
     return net, image
@@ -313,6 +355,13 @@ def _binary_unit(ops: Any, x: Any, unit: BinaryUnit, binary: bool, index: int = 
     return ops.add(ops.multiply(scaled, _c(ops, _per_channel(unit.bn_scale))), _c(ops, _per_channel(unit.bn_shift)))
 
 
+def _rprelu(ops: Any, x: Any, act: RPReLU | None) -> Any:
+    if act is None:
+        return x
+    y = ops.prelu(ops.subtract(x, _c(ops, _per_channel(act.shift_in))), _c(ops, act.slope))
+    return ops.add(y, _c(ops, _per_channel(act.shift_out)))
+
+
 def _normalized(ops: Any, image: Any, spec: InputSpec) -> Any:
     """uint8 NHWC -> float NCHW, the arithmetic of the exported ONNX graphs (cast, transpose, /255, -mean, /std)."""
     x = ops.transpose(ops.convert(image, "f32"), ops.constant(np.array([0, 3, 1, 2], np.int64)))
@@ -349,8 +398,8 @@ def openvino_model(net: LoweredNet, input_shape: tuple[int, int, int, int] | Non
             shortcut = ops.avg_pool(shortcut, [k, k], [0, 0], [0, 0], [k, k], True, "ceil")
         if block.downsample is not None:
             shortcut = _real_conv(ops, shortcut, block.downsample, f"shortcut_{i}")
-        y = ops.add(_binary_unit(ops, x, block.unit1, binary, 2 * i), shortcut)
-        x = ops.add(_binary_unit(ops, y, block.unit2, binary, 2 * i + 1), y)
+        y = _rprelu(ops, ops.add(_binary_unit(ops, x, block.unit1, binary, 2 * i), shortcut), block.act1)
+        x = _rprelu(ops, ops.add(_binary_unit(ops, y, block.unit2, binary, 2 * i + 1), y), block.act2)
     pooled = ops.reduce_mean(x, ops.constant(np.array([2, 3], np.int64)), False)
     logits = ops.add(ops.matmul(pooled, _c(ops, net.fc_weight), False, True), _c(ops, net.fc_bias))
     logits.output(0).get_tensor().set_names({"logits"})

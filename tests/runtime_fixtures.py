@@ -236,6 +236,10 @@ def calibrated_binary(model: Any, size: int = 32, seed: int | None = 1) -> Any:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
+            if type(m).__name__ == "RPReLU":  # trained-looking: shifted, some negative slopes
+                m.shift_in.uniform_(-0.3, 0.3)
+                m.slope.uniform_(-0.3, 0.8)
+                m.shift_out.uniform_(-0.3, 0.3)
         model.train()
         for _ in range(2):
             model(torch.randn(4, 3, size, size))

@@ -331,6 +331,31 @@ def test_two_step_first_step_keeps_real_weights_and_initialises_the_binary_step(
 
 # -- packed storage ----------------------------------------------------------------------------------------
 
+def test_rprelu_is_a_shifted_prelu_and_the_lowered_one_computes_it() -> None:
+    from edgesplit.plugins.quant import RPReLU
+    from edgesplit.plugins.quant._lowering import lower
+
+    act = RPReLU(3)
+    assert torch.equal(act.slope, torch.full((3,), 0.25)) and not act.shift_in.any() and not act.shift_out.any()
+    with torch.no_grad():
+        act.shift_in.copy_(torch.tensor([0.5, -1.0, 0.0]))
+        act.slope.copy_(torch.tensor([0.1, -0.5, 1.0]))
+        act.shift_out.copy_(torch.tensor([2.0, 0.0, -3.0]))
+    x = torch.tensor([1.5, 0.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2).contiguous()
+    x[..., 1] = -x[..., 1]
+    expected = torch.tensor([[1.0 + 2.0, 0.1 * -2.0 + 2.0], [1.0, 1.0], [-1.0 - 3.0, 1.0 - 3.0]]).view(1, 3, 1, 2)
+    torch.testing.assert_close(act(x), expected)
+    model = _calibrated(registry.create("student", "binary", **{**TINY_BINARY, "rprelu": True}))
+    net = lower(model)
+    acts = net.activations()
+    assert len(acts) == len(binary_layers(model)) and all(a is not None for a in acts)
+    block = model.stage1[0]
+    y = torch.randn(2, block.act1.slope.numel(), 4, 4)
+    with torch.no_grad():
+        np.testing.assert_allclose(net.blocks[0].act1.apply(y.numpy()), block.act1(y).numpy(), rtol=0, atol=1e-6)
+    assert all(a is None for a in lower(_calibrated(registry.create("student", "binary", **TINY_BINARY))).activations())
+
+
 def test_pack_unpack_round_trip() -> None:
     signs = binarize(torch.randn(3, 5, 3, 3))  # 135 bits: not a multiple of 8
     packed = pack_signs(signs)
@@ -379,9 +404,10 @@ def test_binary_weights_store_over_25x_smaller() -> None:
 
 # -- exports -----------------------------------------------------------------------------------------------
 
-def _tiny_trained_binary(width: float = 0.125) -> tuple[BinaryResNet, torch.Tensor, np.ndarray]:
+def _tiny_trained_binary(width: float = 0.125, rprelu: bool = False) -> tuple[BinaryResNet, torch.Tensor, np.ndarray]:
     torch.manual_seed(0)
-    model = _calibrated(registry.create("student", "binary", estimator="reste", **{**TINY_BINARY, "width": width}))
+    model = _calibrated(registry.create("student", "binary", estimator="reste",
+                                        **{**TINY_BINARY, "width": width, "rprelu": rprelu}))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         stem = model.stem(x)
@@ -390,8 +416,9 @@ def _tiny_trained_binary(width: float = 0.125) -> tuple[BinaryResNet, torch.Tens
     return model, x, ref
 
 
-@pytest.mark.parametrize("width", [0.125, 0.19], ids=["channels_8_to_64", "channels_12_to_97"])
-def test_openvino_runs_binary_layers_as_binary_convolution(width: float) -> None:
+@pytest.mark.parametrize("width,rprelu", [(0.125, False), (0.19, False), (0.125, True)],
+                         ids=["channels_8_to_64", "channels_12_to_97", "rprelu"])
+def test_openvino_runs_binary_layers_as_binary_convolution(width: float, rprelu: bool) -> None:
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install edgesplit[openvino])")
     from edgesplit.plugins.quant.openvino_binary import (
         binary_layer_types,
@@ -400,7 +427,7 @@ def test_openvino_runs_binary_layers_as_binary_convolution(width: float) -> None
         time_compiled,
     )
 
-    model, x, ref = _tiny_trained_binary(width)  # 0.19: channel counts that are not multiples of 8
+    model, x, ref = _tiny_trained_binary(width, rprelu)  # 0.19: channel counts that are not multiples of 8
     n_binary = len(binary_layers(model))
     compiled = compile_model(build_openvino_model(model, tuple(x.shape)))
     types = binary_layer_types(compiled)
@@ -415,14 +442,15 @@ def test_openvino_runs_binary_layers_as_binary_convolution(width: float) -> None
     assert timing["runs"] == 3 and 0 < timing["min_ms"] <= timing["median_ms"]
 
 
-def test_onnx_int8_qdq_export_matches_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rprelu", [False, True], ids=["bireal", "rprelu"])
+def test_onnx_int8_qdq_export_matches_torch(tmp_path: Path, rprelu: bool) -> None:
     ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install edgesplit[onnxruntime])")
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install edgesplit[export])")
     from onnx import numpy_helper
 
     from edgesplit.plugins.quant.onnx_binary import export_binary_onnx
 
-    model, x, ref = _tiny_trained_binary()
+    model, x, ref = _tiny_trained_binary(rprelu=rprelu)
     info = export_binary_onnx(model, tmp_path / "binary.onnx")
     assert info["binary_layers"] == len(binary_layers(model)) and "INT8" in info["note"]
     proto = onnx.load(info["path"])
@@ -432,6 +460,7 @@ def test_onnx_int8_qdq_export_matches_torch(tmp_path: Path) -> None:
     weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.startswith("binary_w")]
     assert len(weights) == info["binary_layers"]
     assert all(w.dtype == np.int8 and set(np.unique(w)) <= {-1, 1} for w in weights)
+    assert ops.count("PRelu") == (info["binary_layers"] if rprelu else 0)
     session = ort.InferenceSession(info["path"], providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], ref, rtol=0, atol=1e-4)
 

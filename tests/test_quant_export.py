@@ -603,6 +603,38 @@ def test_binary_file_round_trip_and_malformed_files(binary_ckpt: Any, tmp_path: 
         load_net(tmp_path / "garbage.npz")
 
 
+def test_binary_file_with_rprelu_round_trips_and_declares_format_2(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = calibrated_binary(registry.create("student", "binary", **{**BINARY_PARAMS, "rprelu": True}), SIZE)
+    net = lower(model)
+    path = tmp_path / "net.npz"
+    save_net(path, net, InputSpec(SIZE, SPEC.mean, SPEC.std))
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert int(arrays["format"]) == 2 and arrays["units.act"].shape == (3, sum(u.signs.shape[0] for u in net.units()))
+    back, _ = load_net(path)
+    for a, b in zip(back.activations(), net.activations()):
+        assert a is not None and b is not None
+        assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("shift_in", "slope", "shift_out"))
+    # a format-1 file (no activations) is still written for Bi-Real blocks, and the two never mix
+    plain = lower(calibrated_binary(registry.create("student", "binary", **BINARY_PARAMS), SIZE))
+    save_net(tmp_path / "plain.npz", plain, InputSpec(SIZE, SPEC.mean, SPEC.std))
+    with np.load(tmp_path / "plain.npz") as z:
+        assert int(z["format"]) == 1 and "units.act" not in z.files
+    assert all(a is None for a in load_net(tmp_path / "plain.npz")[0].activations())
+    broken = {
+        "format 2 without activations": {k: v for k, v in arrays.items() if k != "units.act"},
+        "short activations": {**arrays, "units.act": arrays["units.act"][:, :-1]},
+        "format 1 with activations": {**arrays, "format": np.array(1, np.int64)},
+        "format 3": {**arrays, "format": np.array(3, np.int64)},
+    }
+    for what, bad in broken.items():
+        np.savez(tmp_path / "bad.npz", **bad)
+        with pytest.raises(BundleError, match="re-export the bundle"):
+            load_net(tmp_path / "bad.npz")
+            pytest.fail(what)
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_binary_student_takes_fp32_only(binary_ckpt: Any, tmp_path: Path, precision: str) -> None:
     dest = tmp_path / precision

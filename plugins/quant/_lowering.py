@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from edgesplit.errors import ExportError
-from edgesplit.runtime.binary_graph import BinaryUnit, Block, LoweredNet, RealConv
+from edgesplit.runtime.binary_graph import BinaryUnit, Block, LoweredNet, RealConv, RPReLU
 
 from .binary import BinaryConv2d, BinaryResNet, BiRealBlock
+from .binary import RPReLU as TorchRPReLU
 
 # the dataclasses live in the torch-free runtime (a bundle's binary/model.npz is read without torch); re-exported
-__all__ = ["RealConv", "BinaryUnit", "Block", "LoweredNet", "lower"]
+__all__ = ["RealConv", "BinaryUnit", "RPReLU", "Block", "LoweredNet", "lower"]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -39,6 +40,15 @@ def _unit(conv: BinaryConv2d, bn: nn.BatchNorm2d) -> BinaryUnit:
     scale, shift = _bn(bn)
     return BinaryUnit(_np(conv.threshold), _np(conv.binary_weight()), _np(conv.channel_scale()), _np(scale),
                       _np(shift), int(conv.stride[0]), int(conv.padding[0]))  # type: ignore[index]
+
+
+def _act(module: nn.Module) -> RPReLU | None:
+    if isinstance(module, nn.Identity):
+        return None
+    if isinstance(module, TorchRPReLU):
+        return RPReLU(_np(module.shift_in), _np(module.slope), _np(module.shift_out))
+    raise ExportError(f"the 1-bit exporters take an identity or RPReLU after a residual addition, found "
+                      f"{type(module).__name__}")
 
 
 @torch.no_grad()
@@ -68,6 +78,7 @@ def _lower(model: nn.Module) -> LoweredNet:
             if isinstance(block.downsample, nn.Sequential):
                 down = _real(block.downsample[0], block.downsample[1])
                 pool_k = int(block.pool.kernel_size) if isinstance(block.pool, nn.AvgPool2d) else 1
-            blocks.append(Block(_unit(block.conv1, block.bn1), _unit(block.conv2, block.bn2), pool_k, down))
+            blocks.append(Block(_unit(block.conv1, block.bn1), _unit(block.conv2, block.bn2), pool_k, down,
+                                _act(block.act1), _act(block.act2)))
     fc = model.head.fc
     return LoweredNet(_real(stem_conv, stem_bn), blocks, _np(fc.weight), _np(fc.bias))

@@ -35,6 +35,7 @@ __all__ = [
     "pack_signs",
     "unpack_signs",
     "BinaryConv2d",
+    "RPReLU",
     "BiRealBlock",
     "BinaryResNet",
     "binary_student",
@@ -316,17 +317,36 @@ class BinaryConv2d(nn.Conv2d):
         return super().extra_repr() + f", scale={self.scale_mode}, pad_value=-1"
 
 
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU (Liu et al., ECCV 2020): ``prelu(x - shift_in, slope) + shift_out``, all three learned per
+    channel. It lets a binary block move and reshape the real-valued distribution that the next sign reads."""
+
+    def __init__(self, channels: int, slope: float = 0.25) -> None:
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.full((channels,), float(slope)))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per = (1, -1, 1, 1)
+        return F.prelu(x - self.shift_in.view(per), self.slope) + self.shift_out.view(per)
+
+
 class BiRealBlock(nn.Module):
     """Two binary 3x3 convolutions, each with its own real-valued shortcut (Bi-Real Net, Liu et al., ECCV 2018,
-    arXiv:1808.00278): ``y = BN(BinConv(x)) + shortcut(x)``, ``z = BN(BinConv(y)) + y``. When the shape changes,
-    the shortcut is ``AvgPool -> 1x1 conv -> BN`` (real-valued). Module names match ResNet's ``BasicBlock``."""
+    arXiv:1808.00278): ``y = act1(BN(BinConv(x)) + shortcut(x))``, ``z = act2(BN(BinConv(y)) + y)``. When the shape
+    changes, the shortcut is ``AvgPool -> 1x1 conv -> BN`` (real-valued). ``act`` is the identity (Bi-Real) or, with
+    ``rprelu=True``, ``RPReLU`` (ReActNet). Module names match ResNet's ``BasicBlock``."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, make_conv: Callable[..., BinaryConv2d]) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int, make_conv: Callable[..., BinaryConv2d],
+                 rprelu: bool = False) -> None:
         super().__init__()
         self.conv1 = make_conv(in_chs, out_chs, stride)
         self.bn1 = nn.BatchNorm2d(out_chs)
         self.conv2 = make_conv(out_chs, out_chs, 1)
         self.bn2 = nn.BatchNorm2d(out_chs)
+        self.act1: nn.Module = RPReLU(out_chs) if rprelu else nn.Identity()
+        self.act2: nn.Module = RPReLU(out_chs) if rprelu else nn.Identity()
         if stride != 1 or in_chs != out_chs:
             self.pool: nn.Module = (nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
                                     if stride > 1 else nn.Identity())
@@ -337,8 +357,8 @@ class BiRealBlock(nn.Module):
             self.downsample = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn1(self.conv1(x)) + self.downsample(self.pool(x))
-        return self.bn2(self.conv2(y)) + y
+        y = self.act1(self.bn1(self.conv1(x)) + self.downsample(self.pool(x)))
+        return self.act2(self.bn2(self.conv2(y)) + y)
 
 
 # estimator presets: (weights, activations); BiPer is a weight binarizer, its activations use ApproxSign as in
@@ -356,7 +376,7 @@ class BinaryResNet(Backbone):
                  in_chans: int = 3, drop_rate: float = 0.0, estimator: str = "ste",
                  estimator_params: dict[str, Any] | None = None, activation_estimator: str | None = None,
                  activation_estimator_params: dict[str, Any] | None = None, scale: ScaleMode | None = None,
-                 learnable_threshold: bool = True) -> None:
+                 learnable_threshold: bool = True, rprelu: bool = False) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ConfigError(f"binary student: layers must be four block counts >= 1, got {list(layers)}")
@@ -377,7 +397,7 @@ class BinaryResNet(Backbone):
                                 learnable_threshold=learnable_threshold)
 
         build_resnet_body(self, layers, resnet_channels(width),
-                          lambda cin, cout, stride: BiRealBlock(cin, cout, stride, make_conv),
+                          lambda cin, cout, stride: BiRealBlock(cin, cout, stride, make_conv, bool(rprelu)),
                           in_chans, num_classes, drop_rate)
         for m in self.modules():
             if isinstance(m, BinaryConv2d) and m.scale is not None:
@@ -435,16 +455,18 @@ def binary_student(layers: list[int] | tuple[int, ...] = (2, 2, 2, 2), width: fl
                    estimator: str = "ste", estimator_params: dict[str, Any] | None = None,
                    activation_estimator: str | None = None,
                    activation_estimator_params: dict[str, Any] | None = None, scale: ScaleMode | None = None,
-                   learnable_threshold: bool = True, drop_rate: float = 0.0) -> BinaryResNet:
+                   learnable_threshold: bool = True, rprelu: bool = False,
+                   drop_rate: float = 0.0) -> BinaryResNet:
     """Bi-Real ResNet (``layers`` (2, 2, 2, 2): Bi-Real-18) at channel multiplier ``width``.
 
     ``estimator``: ``ste`` (clipped STE for weights and activations), ``reste`` (ReSTE for both), ``biper``
     (BiPer weights, ApproxSign activations) or any registered estimator name; ``estimator_params`` go to it,
     ``activation_estimator(_params)`` override the activations' choice. ``scale``: ``mean_abs`` (default) or
-    ``learnable`` (the default, and required, for BiPer).
+    ``learnable`` (the default, and required, for BiPer). ``rprelu``: an RPReLU after each residual addition
+    (ReActNet) instead of none (Bi-Real).
     """
     return BinaryResNet(tuple(int(n) for n in layers), num_classes=num_classes, width=width, drop_rate=drop_rate,
                         estimator=estimator, estimator_params=estimator_params,
                         activation_estimator=activation_estimator,
                         activation_estimator_params=activation_estimator_params, scale=scale,
-                        learnable_threshold=learnable_threshold)
+                        learnable_threshold=learnable_threshold, rprelu=rprelu)

@@ -17,7 +17,7 @@ from torch import nn
 
 from edgesplit.errors import BackendUnavailable, ExportError
 from edgesplit.preprocess import Preprocess
-from edgesplit.runtime.binary_graph import BinaryUnit, LoweredNet, RealConv
+from edgesplit.runtime.binary_graph import BinaryUnit, LoweredNet, RealConv, RPReLU
 
 from ._lowering import lower
 
@@ -83,6 +83,15 @@ def _binary_unit(g: _Graph, x: str, unit: BinaryUnit) -> str:
     return g.op("Add", [y, g.const(unit.bn_shift.reshape(per), "bn_shift")])
 
 
+def _rprelu(g: _Graph, x: str, act: RPReLU | None) -> str:
+    if act is None:
+        return x
+    per = (1, -1, 1, 1)
+    y = g.op("Sub", [x, g.const(act.shift_in.reshape(per), "shift_in")])
+    y = g.op("PRelu", [y, g.const(act.slope.reshape(-1, 1, 1), "slope")])
+    return g.op("Add", [y, g.const(act.shift_out.reshape(per), "shift_out")])
+
+
 def _normalized(g: _Graph, image: str, spec: Preprocess) -> str:
     """uint8 NHWC -> float NCHW with the spec's mean/std: the arithmetic of ``export._graphs._Normalize`` (cast
     before transpose, so no uint8 tensor flows between ops: TensorRT takes UINT8 only at network inputs)."""
@@ -126,8 +135,8 @@ def export_binary_onnx(model: nn.Module | LoweredNet, path: str | Path, *, opset
                             count_include_pad=0)
         if block.downsample is not None:
             shortcut = _real_conv(g, shortcut, block.downsample)
-        y = g.op("Add", [_binary_unit(g, x, block.unit1), shortcut], "residual")
-        x = g.op("Add", [_binary_unit(g, y, block.unit2), y], "residual")
+        y = _rprelu(g, g.op("Add", [_binary_unit(g, x, block.unit1), shortcut], "residual"), block.act1)
+        x = _rprelu(g, g.op("Add", [_binary_unit(g, y, block.unit2), y], "residual"), block.act2)
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
     g.nodes.append(helper.make_node("Gemm", [x, g.const(net.fc_weight, "fc_w"), g.const(net.fc_bias, "fc_b")],
                                     ["logits"], name="fc", transB=1))

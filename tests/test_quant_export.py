@@ -400,10 +400,11 @@ BINARY_PARAMS = {"layers": [1, 1, 1, 1], "width": 0.125, "num_classes": 3}
 BINARY_LABELS = ["apple", "banana", "cherry"]  # conftest.CLASSES
 
 
-def _binary_checkpoint(path: Path) -> tuple[Path, torch.nn.Module]:
+def _binary_checkpoint(path: Path, **extra: Any) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
-    model = calibrated_binary(registry.create("student", "binary", **BINARY_PARAMS), SIZE, seed=None)
-    save_checkpoint(model, path, model_config={"kind": "student", "name": "binary", "params": BINARY_PARAMS},
+    params = {**BINARY_PARAMS, **extra}
+    model = calibrated_binary(registry.create("student", "binary", **params), SIZE, seed=None)
+    save_checkpoint(model, path, model_config={"kind": "student", "name": "binary", "params": params},
                     labels=BINARY_LABELS, preprocess=SPEC.to_dict())
     return path, load(path)  # what the exporter sees: the packed checkpoint, reloaded
 
@@ -530,6 +531,21 @@ def test_binary_device_model_matches_torch(binary_bundle: Any, binary_ckpt: Any,
     np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCES["fp32"]["max_abs_logits"])
     np.testing.assert_array_equal([p.indices[0] for p in batch], want.argmax(1))
     np.testing.assert_allclose(np.stack([p.logits for p in single]), got[:2], rtol=0, atol=1e-6)
+
+
+def test_binary_bundle_with_rprelu_matches_torch_on_both_backends(tmp_path: Path) -> None:
+    path, model = _binary_checkpoint(tmp_path / "rprelu.safetensors", rprelu=True)
+    bundle = export_checkpoint(path, tmp_path / "bundle", formats="onnx,openvino", calib_images=4, threads=1)
+    with np.load(bundle.path / "binary" / "model.npz") as z:
+        assert int(z["format"]) == 2  # the activations travel in the file
+    images = _binary_images(4, seed=5)
+    want = _torch_logits(model, images)
+    for backend in ("onnxruntime", "openvino"):
+        with DeviceModel.open(bundle.path, backend=backend, threads=1, top_k=1) as device:
+            got = np.stack([p.logits for p in device.predict_batch(images)])
+            if backend == "openvino":
+                assert device.session.info()["binary_convolutions"] == 8
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCES["fp32"]["max_abs_logits"], err_msg=backend)
 
 
 def test_binary_openvino_runtime_graph_runs_binary_convolution(binary_bundle: Any) -> None:

@@ -27,9 +27,9 @@ import numpy as np
 
 from edgesplit.errors import BackendUnavailable, BundleError
 
-__all__ = ["BUILDER", "FILE_FORMAT", "FILE_FORMATS", "RealConv", "BinaryUnit", "RPReLU", "Block", "LoweredNet", "InputSpec", "save_net",
-           "load_net", "weight_bytes", "import_openvino", "openvino_model", "openvino_model_from_file",
-           "binary_layer_types"]
+__all__ = ["BUILDER", "FILE_FORMAT", "FILE_FORMATS", "RealConv", "BinaryUnit", "RPReLU", "Block", "LoweredNet",
+           "InputSpec", "save_net", "load_net", "weight_bytes", "import_openvino", "openvino_model",
+           "openvino_model_from_file", "binary_layer_types"]
 
 BUILDER = "binary-v1"  # the manifest's parts.<part>.openvino.builder for a file written by ``save_net``
 FILE_FORMAT = 1  # the ``format`` entry of a file without activations (Bi-Real blocks)
@@ -70,12 +70,6 @@ class RPReLU:
     shift_in: np.ndarray  # (C,) float32
     slope: np.ndarray  # (C,) float32
     shift_out: np.ndarray  # (C,) float32
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """The function on an NCHW numpy array (for tests and references)."""
-        per = (1, -1, 1, 1)
-        v = x - self.shift_in.reshape(per)
-        return np.where(v >= 0, v, v * self.slope.reshape(per)) + self.shift_out.reshape(per)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from edgesplit.errors import ExportError
 from edgesplit.runtime.binary_graph import BinaryUnit, Block, LoweredNet, RealConv, RPReLU
 
 from .binary import BinaryConv2d, BinaryResNet, BiRealBlock
-from .binary import RPReLU as TorchRPReLU
+from .binary import RPReLU as TorchRPReLU  # the runtime's RPReLU (arrays) keeps the plain name here
 
 # the dataclasses live in the torch-free runtime (a bundle's binary/model.npz is read without torch); re-exported
 __all__ = ["RealConv", "BinaryUnit", "RPReLU", "Block", "LoweredNet", "lower"]

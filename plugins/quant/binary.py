@@ -369,8 +369,9 @@ _PRESETS: dict[str, tuple[str, str]] = {"ste": ("ste", "ste"), "reste": ("reste"
 
 class BinaryResNet(Backbone):
     """Bi-Real ResNet: ResNet's real-valued stem (7x7 conv, BN, ReLU, max pool) and classifier, binary 3x3
-    convolutions in every block (with ``rprelu=True``, ReActNet's RPReLU after each residual addition). Stages, channels and state-dict keys match ``resnet18``/``resnet34`` of the
-    same ``width``, so a float student of that backbone initialises it (``init:``)."""
+    convolutions in every block (with ``rprelu=True``, ReActNet's RPReLU after each residual addition). Stages,
+    channels and state-dict keys match ``resnet18``/``resnet34`` of the same ``width``, so a float student of that
+    backbone initialises it (``init:``)."""
 
     def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 1000, width: float = 0.5,
                  in_chans: int = 3, drop_rate: float = 0.0, estimator: str = "ste",

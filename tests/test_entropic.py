@@ -182,6 +182,25 @@ def test_student_shapes_and_outputs(teacher_path: Path) -> None:
     assert s.recipe_params["num_classes"] == 10
 
 
+def test_a_coarser_latent_is_upsampled_back_to_the_cut(teacher_path: Path, tmp_path: Path) -> None:
+    s = _student(teacher_path, cut="stage1", latent_stride=8)
+    x = _x()
+    assert s.latent_shape(SIZE, SIZE) == (8, 8, 8)  # stride 8, while the cut (stage1) is at stride 4
+    out = s.train().forward_train(x, keep={"stage1", "stage2"})
+    assert out["stage1"].shape == (2, s.stage_channels["stage1"], 16, 16)
+    assert out["stage2"].shape == (2, s.stage_channels["stage2"], 8, 8)
+    assert s.recipe_params["latent_stride"] == 8
+    path = tmp_path / "coarse.safetensors"
+    save_checkpoint(s, path, model_config={"kind": "student", "name": "entropic", "params": s.recipe_params},
+                    labels=LABELS, preprocess=Preprocess.for_size(SIZE).to_dict())
+    again = load(path)
+    with torch.no_grad():
+        assert torch.equal(again(x), s.eval()(x))
+    for bad in (2, 12, 0):
+        with pytest.raises(ConfigError, match="latent_stride"):
+            _student(teacher_path, cut="stage1", latent_stride=bad)
+
+
 def test_eval_forward_is_the_split_path(teacher_path: Path) -> None:
     s = _student(teacher_path)
     x = _x()
@@ -311,11 +330,22 @@ def test_device_side_costs_at_most_a_tenth_of_the_teacher() -> None:
     assert not s.tail.training  # reporting leaves every module's mode alone
 
 
-def test_split_graphs_export_to_onnx(teacher_path: Path, tmp_path: Path) -> None:
+def test_committed_layout_costs_at_most_a_tenth_of_the_teacher() -> None:
+    params = load_train_config(REPO / "configs" / "entropic_base.yaml").model.params
+    layout = {k: v for k, v in params.items() if k not in ("teacher", "tune_tail")}
+    torch.manual_seed(0)
+    s = SplitStudent(resnet18(num_classes=10, width=0.5), **layout)  # the committed teacher's architecture
+    report = s.macs_report(128)
+    assert report["latent_shape"] == [24, 16, 16]
+    assert report["device_macs"] <= 0.10 * report["teacher_macs"], report
+
+
+@pytest.mark.parametrize("params", [{}, {"cut": "stage1", "latent_stride": 8}], ids=["at-cut", "upsampled"])
+def test_split_graphs_export_to_onnx(teacher_path: Path, tmp_path: Path, params: dict) -> None:
     onnx = pytest.importorskip("onnx", reason="ONNX export needs onnx and onnxscript (pip install edgesplit[export])")
     pytest.importorskip("onnxscript", reason="the torch.onnx dynamo exporter needs onnxscript")
     ort = pytest.importorskip("onnxruntime", reason="parity check needs onnxruntime")
-    s = _student(teacher_path).eval()
+    s = _student(teacher_path, **params).eval()
     x = _x()
     with torch.no_grad():
         symbols, logits = s.encode_symbols(x), s(x)
@@ -347,8 +377,9 @@ def test_recipes_cover_five_betas_in_two_stages() -> None:
         stage2 = load_train_config(stage1_path.with_name(stage1_path.name.replace("stage1", "stage2")))
         assert stage1.name == stage1_path.stem and stage2.name == stage1_path.stem.replace("stage1", "stage2")
         assert stage1.model.kind == stage2.model.kind == "student" and stage1.model.name == "entropic"
-        # stage 2 adds only which tail stages it fine-tunes (the first one after the cut); the rest stays frozen
-        assert stage2.model.params == {**stage1.model.params, "tune_tail": ["stage3"]}
+        # stage 2 adds only which tail stages it fine-tunes (the first two after the cut); the rest stays frozen
+        assert stage2.model.params == {**stage1.model.params, "tune_tail": ["stage2", "stage3"]}
+        assert stage1.model.params["cut"] == "stage1" and stage1.model.params["latent_stride"] == 8
         assert stage1.teacher == stage1.model.params["teacher"]
         assert stage1.freeze == ["tail"] and stage2.freeze == ["encoder", "bottleneck"]
         names = [l.name for l in stage1.losses]

@@ -80,8 +80,12 @@ class SplitStudent(nn.Module):
     out of :meth:`checkpoint_state_dict`, since the student's recipe rebuilds it from the teacher checkpoint, whose
     sha256 the recipe pins. The paper's second stage fine-tunes the decoder *and* the whole tail; here
     ``tune_tail`` names the tail stages that are trained (and then saved with the student; the others stay the
-    teacher's). The committed recipes tune the first stage after the cut, so a student checkpoint stays ~1.4 MB in
-    fp16 instead of carrying a copy of the whole tail per beta.
+    teacher's). The committed recipes tune the first two stages after the cut, so a student checkpoint stays ~2 MB
+    in fp16 instead of carrying a copy of the whole tail per beta.
+
+    ``latent_stride`` (default: the cut's stride) lets the symbols be coarser than the cut: the committed recipes
+    cut after stage1 (stride 4, as the paper cuts ResNets after layer1, so the server keeps most of the teacher)
+    but send a stride-8 latent, which the decoder upsamples back with nearest-neighbour 2x steps and 3x3 convs.
 
     The constructor takes ownership of ``teacher``: its stages up to ``cut`` are replaced by ``nn.Identity``.
 
@@ -93,7 +97,7 @@ class SplitStudent(nn.Module):
 
     def __init__(self, teacher: Backbone, cut: str = "stage2", bottleneck_channels: int = 24,
                  encoder_channels: int = 96, decoder_channels: int = 128, encoder_layers: int = 3,
-                 tune_tail: Iterable[str] = ()) -> None:
+                 tune_tail: Iterable[str] = (), latent_stride: int | None = None) -> None:
         super().__init__()
         strides = getattr(teacher, "stage_strides", None)
         channels = getattr(teacher, "stage_channels", None)
@@ -110,9 +114,17 @@ class SplitStudent(nn.Module):
         self.cut = cut
         cut_channels = int(channels[cut])
 
+        cut_stride = int(strides[cut])
+        latent_stride = cut_stride if latent_stride is None else _positive_int("latent_stride", latent_stride)
+        upsample = latent_stride // cut_stride
+        if latent_stride % cut_stride or upsample & (upsample - 1):
+            raise ConfigError(f"latent_stride {latent_stride} must be the cut's stride ({cut_stride}) times a power "
+                              f"of two: the decoder upsamples the latent by 2x steps back to the cut's resolution")
+        self.latent_stride = latent_stride
+
         enc: OrderedDict[str, nn.Module] = OrderedDict()
         in_chs = 3
-        layer_strides = _encoder_strides(int(strides[cut]), encoder_layers, cut)
+        layer_strides = _encoder_strides(latent_stride, encoder_layers, cut)
         for i, s in enumerate(layer_strides):
             last = i == len(layer_strides) - 1
             out_chs = bottleneck_channels if last else encoder_channels
@@ -122,13 +134,24 @@ class SplitStudent(nn.Module):
             in_chs = out_chs
         self.encoder = nn.Sequential(enc)
         self.bottleneck = EntropyBottleneck(bottleneck_channels)
-        self.decoder = nn.Sequential(OrderedDict([
+        dec: OrderedDict[str, nn.Module] = OrderedDict([
             ("conv0", _conv(bottleneck_channels, decoder_channels, 3)),
             ("igdn0", IGDN(decoder_channels)),
             ("conv1", _conv(decoder_channels, decoder_channels, 3)),
             ("igdn1", IGDN(decoder_channels)),
-            ("conv2", _conv(decoder_channels, cut_channels, 1)),
-        ]))
+        ])
+        # A latent coarser than the cut (fewer symbols per image) is brought back to the cut's resolution by
+        # nearest-neighbour 2x steps, each followed by a 3x3 convolution that smooths the blocks.
+        steps = upsample.bit_length() - 1
+        for i in range(steps):
+            dec[f"up{i}"] = nn.Upsample(scale_factor=2.0, mode="nearest")
+            last = i == steps - 1
+            dec[f"conv{2 + i}"] = _conv(decoder_channels, cut_channels if last else decoder_channels, 3)
+            if not last:
+                dec[f"relu{i}"] = nn.ReLU(inplace=True)
+        if not steps:
+            dec["conv2"] = _conv(decoder_channels, cut_channels, 1)
+        self.decoder = nn.Sequential(dec)
 
         # The teacher's stages up to the cut are not part of the student; kept unregistered (not trained, not
         # saved) only to report the teacher's cost in macs_report.
@@ -338,12 +361,14 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
 @register("student", "entropic")
 def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, encoder_channels: int = 96,
              decoder_channels: int = 128, encoder_layers: int = 3, num_classes: int | None = None,
-             teacher_sha256: str | None = None, tune_tail: list[str] | None = None) -> SplitStudent:
+             teacher_sha256: str | None = None, tune_tail: list[str] | None = None,
+             latent_stride: int | None = None) -> SplitStudent:
     """Entropic Student over the teacher checkpoint at ``teacher``, split after stage ``cut``.
 
     ``teacher_sha256`` pins the exact teacher file (a mismatch is a ConfigError); the model's ``recipe_params``
     carry it, filled in, so a checkpoint's recipe rebuilds the same tail or fails loudly. ``tune_tail``: tail
-    stages (after ``cut``) that stage 2 fine-tunes and the student checkpoint stores.
+    stages (after ``cut``) that stage 2 fine-tunes and the student checkpoint stores. ``latent_stride``: the
+    symbols' stride (default: the cut's); a coarser latent is upsampled back to the cut's resolution by the decoder.
     """
     from edgesplit.train.checkpoint import load  # torch-heavy; imported on use
 
@@ -360,7 +385,7 @@ def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, e
         raise ConfigError(f"{teacher}: the teacher predicts {classes} classes, params.num_classes is {num_classes}")
     student = SplitStudent(model, cut=cut, bottleneck_channels=bottleneck_channels,
                            encoder_channels=encoder_channels, decoder_channels=decoder_channels,
-                           encoder_layers=encoder_layers, tune_tail=tune_tail or ())
+                           encoder_layers=encoder_layers, tune_tail=tune_tail or (), latent_stride=latent_stride)
     student.recipe_params = {
         "teacher": str(teacher), "cut": cut, "bottleneck_channels": bottleneck_channels,
         "encoder_channels": encoder_channels, "decoder_channels": decoder_channels,
@@ -369,4 +394,6 @@ def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, e
     }
     if tune_tail:
         student.recipe_params["tune_tail"] = list(tune_tail)
+    if latent_stride is not None:
+        student.recipe_params["latent_stride"] = latent_stride
     return student

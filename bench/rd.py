@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import math
 import sys
@@ -69,7 +70,9 @@ def run(data: str, split: str, students: list[str], teacher: str, limit: int | N
             best = [b for b in (iso_accuracy_bytes(points, m, p["top1"]) for m in QUALITIES) if b is not None]
             p["iso_accuracy_baseline_bytes"] = min(best) if best else None
             p["bytes_ratio_vs_baseline"] = (p["mean_bytes"] / min(best)) if best else None
-    return {"data": data, "split": split, "limit": limit, "teacher": teacher, "image_size": size, "points": points,
+    teacher_sha256 = hashlib.sha256(Path(teacher).read_bytes()).hexdigest()  # which teacher the baselines are
+    return {"data": data, "split": split, "limit": limit, "teacher": teacher, "teacher_sha256": teacher_sha256,
+            "image_size": size, "points": points,
             "command": f"python bench/rd.py --data {data} --split {split}"}
 
 
@@ -120,8 +123,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench/results/rd.json"))
     args = ap.parse_args()
     result = run(args.data, args.split, args.students, args.teacher, args.limit)
+    def rel(path: str) -> str:
+        return str(Path(path).resolve().relative_to(REPO)) if str(Path(path).resolve()).startswith(str(REPO)) else path
+
+    result["teacher"] = rel(result["teacher"])
     for p in result["points"]:
-        p["checkpoint"] = str(Path(p["checkpoint"]).resolve().relative_to(REPO)) if str(p["checkpoint"]).startswith(str(REPO)) else p["checkpoint"]
+        p["checkpoint"] = rel(p["checkpoint"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     plot(result, REPO / "bench" / "rd.png")

@@ -113,6 +113,12 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def _repo_relative(path: str) -> str:
+    """A path inside the repository as a relative one (rd.json is committed); others unchanged."""
+    full = Path(path).resolve()
+    return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -123,12 +129,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench/results/rd.json"))
     args = ap.parse_args()
     result = run(args.data, args.split, args.students, args.teacher, args.limit)
-    def rel(path: str) -> str:
-        return str(Path(path).resolve().relative_to(REPO)) if str(Path(path).resolve()).startswith(str(REPO)) else path
-
-    result["teacher"] = rel(result["teacher"])
+    result["teacher"] = _repo_relative(result["teacher"])
     for p in result["points"]:
-        p["checkpoint"] = rel(p["checkpoint"])
+        p["checkpoint"] = _repo_relative(p["checkpoint"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     plot(result, REPO / "bench" / "rd.png")

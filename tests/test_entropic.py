@@ -196,6 +196,9 @@ def test_a_coarser_latent_is_upsampled_back_to_the_cut(teacher_path: Path, tmp_p
     again = load(path)
     with torch.no_grad():
         assert torch.equal(again(x), s.eval()(x))
+    two_steps = _student(teacher_path, cut="stage1", latent_stride=16)  # two 2x steps, a ReLU between them
+    assert two_steps.latent_shape(SIZE, SIZE) == (8, 4, 4)
+    assert two_steps.train().forward_train(x, keep={"stage1"})["stage1"].shape == out["stage1"].shape
     for bad in (2, 12, 0):
         with pytest.raises(ConfigError, match="latent_stride"):
             _student(teacher_path, cut="stage1", latent_stride=bad)

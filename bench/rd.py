@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import math
 import sys
@@ -41,6 +40,7 @@ def beta_of(checkpoint: str) -> float:
 
 
 def run(data: str, split: str, students: list[str], teacher: str, limit: int | None) -> dict:
+    from edgesplit.plugins.entropic import file_sha256
     from edgesplit.train import read_metadata
     from edgesplit.train.evaluate import evaluate_checkpoint
 
@@ -70,8 +70,8 @@ def run(data: str, split: str, students: list[str], teacher: str, limit: int | N
             best = [b for b in (iso_accuracy_bytes(points, m, p["top1"]) for m in QUALITIES) if b is not None]
             p["iso_accuracy_baseline_bytes"] = min(best) if best else None
             p["bytes_ratio_vs_baseline"] = (p["mean_bytes"] / min(best)) if best else None
-    teacher_sha256 = hashlib.sha256(Path(teacher).read_bytes()).hexdigest()  # which teacher the baselines are
-    return {"data": data, "split": split, "limit": limit, "teacher": teacher, "teacher_sha256": teacher_sha256,
+    return {"data": data, "split": split, "limit": limit, "teacher": teacher,
+            "teacher_sha256": file_sha256(teacher),  # which teacher the baselines belong to
             "image_size": size, "points": points,
             "command": f"python bench/rd.py --data {data} --split {split}"}
 

@@ -44,12 +44,12 @@ def file_sha256(path: str | Path) -> str:
 def _encoder_strides(stride: int, layers: int, cut: str) -> list[int]:
     """Per-conv strides whose product is ``stride``: the first conv takes up to 4x, later ones 2x, the rest 1x."""
     if stride < 1 or stride & (stride - 1):
-        raise ConfigError(f"cut {cut!r} has stride {stride}; the encoder needs a power of two")
+        raise ConfigError(f"the latent's stride is {stride} (cut {cut!r}); the encoder needs a power of two")
     strides = [min(4, stride)]
     while stride // _prod(strides) > 1:
         strides.append(2)
     if len(strides) > layers:
-        raise ConfigError(f"encoder_layers={layers} cannot reach stride {stride} at cut {cut!r}; "
+        raise ConfigError(f"encoder_layers={layers} cannot reach the latent's stride {stride} (cut {cut!r}); "
                           f"use encoder_layers >= {len(strides)}")
     return strides + [1] * (layers - len(strides))
 

@@ -180,6 +180,8 @@ class DataConfig:
     train_sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (from_epoch, size)
     scale_min: float = 0.35
     hflip: bool = True
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing weight of mixup; 0 = off
+    cutmix: float = 0.0  # likewise for CutMix; with both on, each batch uses one of the two
     on_error: Literal["raise", "skip"] = "raise"
     limit_per_class: int | None = None
 
@@ -190,6 +192,9 @@ class DataConfig:
             raise ConfigError("data.image_size must be at least 16")
         if not 0.0 < self.scale_min <= 1.0:
             raise ConfigError("data.scale_min must be in (0, 1]")
+        for key in ("mixup", "cutmix"):
+            if not 0.0 <= getattr(self, key) <= 100.0:
+                raise ConfigError(f"data.{key} is a Beta distribution's alpha: 0 (off) or positive (typically 0.2-1.0)")
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ from edgesplit.registry import create, get
 
 from . import losses as _losses  # noqa: F401  (registers the built-in losses)
 from .checkpoint import atomic_write, build_model, load, load_state, save_checkpoint, save_state
+from .mixing import mix_batch
 
 __all__ = ["Trainer", "train", "model_outputs", "evaluate_cache", "to_input"]
 
@@ -187,6 +188,12 @@ class Trainer:
             _build_loss(lc, self.model, self.teacher, self.source, i) for i, lc in enumerate(cfg.losses)
         )
         self.weights = [lc.weight for lc in cfg.losses]
+        self.mixing = cfg.data.mixup > 0 or cfg.data.cutmix > 0
+        if self.mixing:
+            hard = [lc.name for lc, l in zip(cfg.losses, self.losses) if l.needs_class_labels]
+            if hard:
+                raise ConfigError(f"{self.source}: losses {hard} need class labels, which data.mixup / data.cutmix "
+                                  "replace with mixed targets; drop one or the other")
         self.student_keys = set().union(*(l.student_keys for l in self.losses))
         self.teacher_keys = set().union(*(l.teacher_keys for l in self.losses))
         self.optimizer = self._optimizer()
@@ -255,6 +262,7 @@ class Trainer:
             t0 = time.time()
             size = self._train_size(epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
+            mix_rng = np.random.default_rng([cfg.seed, epoch, 1])  # its own stream: the crops stay those of a plain run
             self._set_train_mode()
             bar = _Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs} @{size}px", self.progress)
             run_loss, n_seen, terms_sum = 0.0, 0, np.zeros(len(self.losses))
@@ -267,6 +275,8 @@ class Trainer:
                 if self.set_progress is not None:  # estimators whose shape follows training progress (ReSTE)
                     self.set_progress(step / (cfg.epochs * steps_per_epoch))
                 x, y = to_input(xb, self.spec, cfg.channels_last), torch.from_numpy(yb)
+                if self.mixing:
+                    x, y = mix_batch(x, y, len(self.labels), mix_rng, mixup=cfg.data.mixup, cutmix=cfg.data.cutmix)
                 s_out = model_outputs(self.model, x, self.student_keys)
                 t_out = None
                 if self.teacher is not None and self.teacher_keys:

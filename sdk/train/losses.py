@@ -22,6 +22,7 @@ Outputs = dict[str, torch.Tensor]
 class Loss(nn.Module):
     student_keys: frozenset[str] = frozenset({"logits"})
     teacher_keys: frozenset[str] = frozenset()
+    needs_class_labels: bool = False  # True: ``target`` must be class indices (no mixup/CutMix soft targets)
 
     def forward(self, s: Outputs, t: Outputs | None, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -95,6 +96,8 @@ class NormDirection(Loss):
 
     Class means of the teacher's embeddings (pooled ``stage``) are kept as running averages over training batches.
     """
+
+    needs_class_labels = True
 
     def __init__(self, student: nn.Module | None = None, teacher: nn.Module | None = None, stage: str = "stage4",
                  num_classes: int | None = None, momentum: float = 0.99) -> None:

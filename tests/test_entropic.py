@@ -372,7 +372,7 @@ def test_split_graphs_export_to_onnx(teacher_path: Path, tmp_path: Path, params:
 RECIPES = sorted((REPO / "configs").glob("entropic_*_stage1.yaml"))
 
 
-def test_recipes_cover_five_betas_in_two_stages() -> None:
+def test_recipes_cover_at_least_five_betas_in_two_stages() -> None:
     assert len(RECIPES) >= 5
     betas = []
     for stage1_path in RECIPES:
@@ -394,7 +394,7 @@ def test_recipes_cover_five_betas_in_two_stages() -> None:
     assert len(set(betas)) == len(RECIPES)  # one recipe per beta
     base = load_train_config(REPO / "configs" / "entropic_base.yaml")
     assert base.init is None and base.freeze == ["tail"] and base.model.params == stage1.model.params
-    assert [l.name for l in base.losses] == ["feature_mse", "rate", "aux"] and base.losses[1].weight == min(betas)
+    assert [l.name for l in base.losses] == ["feature_mse", "rate", "aux"] and base.losses[1].weight in betas
 
 
 def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:

@@ -81,16 +81,28 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"jpeg": "s--", "webp": "^--", "entropic": "o-"}
     for method, style in styles.items():
         pts = sorted((p["mean_bytes"], p["top1"] * 100) for p in result["points"] if p["method"] == method)
         if pts:
-            ax.plot(*zip(*pts), style, label={"entropic": "Entropic Student (payload)"}.get(method, f"teacher on {method.upper()}"))
+            ax.plot(*zip(*pts), style, label={"entropic": "Entropic Student (payload; labels: beta)"}.get(method, f"teacher on {method.upper()}"))
     raw = next(p for p in result["points"] if p["method"] == "raw")
     ax.axhline(raw["top1"] * 100, color="gray", lw=1, ls=":", label=f"teacher, raw input ({raw['mean_bytes']:.0f} B)")
+    ax.axhline(raw["top1"] * 100 - 1, color="tab:red", lw=0.8, ls=":", label="target: teacher - 1 point")
+    for p in result["points"]:
+        if p["method"] == "entropic":
+            ax.annotate(f"{p['param']:.2g}".replace("e-0", "e-"), (p["mean_bytes"], p["top1"] * 100), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=7, color="tab:green")
     ax.set_xscale("log")
+    ticks = [t for t in (100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+             if min(p["mean_bytes"] for p in result["points"] if p["method"] != "raw") / 1.5 <= t
+             <= max(p["mean_bytes"] for p in result["points"] if p["method"] != "raw") * 1.5]
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{t:,}" for t in ticks]))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("bytes per image (log)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"Rate vs accuracy, Imagenette {result['split']} split, {result['image_size']} px")
@@ -103,7 +115,8 @@ def plot(result: dict, path: Path) -> None:
 def table(result: dict) -> str:
     rows = ["| method | beta / quality | top-1 (%) | mean bytes | info bytes | smallest JPEG/WebP bytes at this top-1 | bytes / that |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for p in result["points"]:
+    order = {"raw": 0, "jpeg": 1, "webp": 2, "entropic": 3}
+    for p in sorted(result["points"], key=lambda p: (order.get(p["method"], 4), p["mean_bytes"])):
         param = "-" if p["param"] is None else p["param"]
         info = f"{p['mean_information_bytes']:.0f}" if "mean_information_bytes" in p else "-"
         iso, ratio = p.get("iso_accuracy_baseline_bytes"), p.get("bytes_ratio_vs_baseline")

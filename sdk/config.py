@@ -194,7 +194,8 @@ class DataConfig:
             raise ConfigError("data.scale_min must be in (0, 1]")
         for key in ("mixup", "cutmix"):
             if not 0.0 <= getattr(self, key) <= 100.0:
-                raise ConfigError(f"data.{key} is a Beta distribution's alpha: 0 (off) or positive (typically 0.2-1.0)")
+                raise ConfigError(f"data.{key} must be a Beta distribution's alpha between 0 (off) and 100 "
+                                  f"(typically 0.2-1.0), got {getattr(self, key)}")
 
 
 @dataclasses.dataclass

@@ -97,9 +97,9 @@ def plot(result: dict, path: Path) -> None:
             ax.annotate(f"{p['param']:.2g}".replace("e-0", "e-"), (p["mean_bytes"], p["top1"] * 100), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=7, color="tab:green")
     ax.set_xscale("log")
+    plotted = [p["mean_bytes"] for p in result["points"] if p["method"] != "raw"]
     ticks = [t for t in (100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
-             if min(p["mean_bytes"] for p in result["points"] if p["method"] != "raw") / 1.5 <= t
-             <= max(p["mean_bytes"] for p in result["points"] if p["method"] != "raw") * 1.5]
+             if min(plotted) / 1.5 <= t <= max(plotted) * 1.5]
     ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{t:,}" for t in ticks]))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgesplit.bitstream import pack
-from edgesplit.codec import FactorizedCodec, discretized_laplace_pmfs
+from edgesplit.codec import LEGACY_CODEC_ID, FactorizedCodec, discretized_laplace_pmfs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "codec.json"
 SHAPES = [(24, 32, 32), (192, 16, 16)]
@@ -76,6 +76,51 @@ def bench_shape(shape: tuple[int, int, int], runs: int) -> dict[str, Any]:
     }
 
 
+SMALL_SHAPE = (24, 8, 8)
+SMALL_SCALES = [(0.1, 0.6), (0.2, 1.5), (0.3, 3.0)]  # about 150, 400 and 700 B of information per latent
+SMALL_DRAWS = 500
+
+
+def bench_small(scale_range: tuple[float, float]) -> dict[str, Any]:
+    """The coder's constant cost, which dominates small payloads: mean payload - information over many latents."""
+    rng = np.random.default_rng(SEED)
+    scales = np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]), SMALL_SHAPE[0]))
+    codec = FactorizedCodec(*discretized_laplace_pmfs(scales, HALF_WIDTH))
+    legacy = FactorizedCodec.from_arrays(codec.to_arrays(), codec_id=LEGACY_CODEC_ID)
+    info, v2, v1 = [], [], []
+    for _ in range(SMALL_DRAWS):
+        symbols = np.round(rng.laplace(0.0, scales[:, None, None], SMALL_SHAPE)).astype(np.int32)
+        payload = codec.encode(symbols)
+        if not np.array_equal(codec.decode(payload, SMALL_SHAPE), symbols):
+            raise SystemExit(f"round trip failed for {SMALL_SHAPE}")
+        info.append(codec.information_bits(symbols) / 8)
+        v2.append(len(payload))
+        v1.append(len(legacy.encode(symbols)))
+    mean_info = float(np.mean(info))
+    return {
+        "shape": list(SMALL_SHAPE),
+        "scales": list(scale_range),
+        "draws": SMALL_DRAWS,
+        "information_bytes": round(mean_info, 1),
+        "payload_bytes": round(float(np.mean(v2)), 2),
+        "overhead_bytes": round(float(np.mean(v2)) - mean_info, 2),
+        "legacy_v1_overhead_bytes": round(float(np.mean(v1)) - mean_info, 2),
+    }
+
+
+def markdown_small(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| latent (C×H×W) | scales | information (B, mean) | payload (B, mean) | payload - information: v2 | v1 |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {'×'.join(map(str, r['shape']))} | {r['scales'][0]}..{r['scales'][1]} | {r['information_bytes']:.1f} "
+            f"| {r['payload_bytes']:.1f} | {r['overhead_bytes']:.2f} B | {r['legacy_v1_overhead_bytes']:.2f} B |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| latent (C×H×W) | symbols | information (B) | payload (B) | over info | frame (B) | zlib -9 (B) "
@@ -98,6 +143,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = [bench_shape(shape, args.runs) for shape in SHAPES]
+    small = [bench_small(scale_range) for scale_range in SMALL_SCALES]
     result = {
         "benchmark": "entropy codec (FactorizedCodec, constriction ANS)",
         "command": "python bench/codec.py",
@@ -116,10 +162,13 @@ def main() -> None:
             "constriction": metadata.version("constriction"),
         },
         "results": rows,
+        "small_payloads": small,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(rows))
+    print()
+    print(markdown_small(small))
 
 
 if __name__ == "__main__":

@@ -154,15 +154,21 @@ class Bundle:
 
     def codec(self) -> Any:
         """The ``FactorizedCodec`` of a split bundle, from its tables file."""
-        from .codec import FactorizedCodec
+        from .codec import CODEC_IDS, LEGACY_CODEC_ID, FactorizedCodec
 
         if self.kind != "split":
             raise BundleError(f"{self.path}: a {self.kind} bundle has no codec tables")
         rel = self.manifest.get("codec", {}).get("file")
         path = _confined(self.path, rel, "codec.file")
+        codec_id = self.manifest.get("codec", {}).get("id", LEGACY_CODEC_ID)
+        if codec_id not in CODEC_IDS:
+            raise BundleError(
+                f"{self.path}: manifest codec.id {codec_id!r} is not one this edgesplit decodes "
+                f"({', '.join(CODEC_IDS)}); upgrade edgesplit"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
-                return FactorizedCodec.from_arrays({k: z[k] for k in z.files})
+                return FactorizedCodec.from_arrays({k: z[k] for k in z.files}, codec_id=codec_id)
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"{path}: unreadable codec tables ({exc})") from exc
 

@@ -1,6 +1,8 @@
 """Factorized entropy codec: int32 symbols of shape (C, ...) <-> ANS payload bytes, one integer pmf per channel.
 
 Torch-free; the coder is ``constriction``'s ANS. Values outside a table's support take an escape path (lossless).
+``factorized-v2`` payloads drop the zero high bytes of the coder's last word; ``factorized-v1`` (word-aligned)
+payloads from older bundles still decode.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from .registry import register
 
 __all__ = [
     "CODEC_ID",
+    "CODEC_IDS",
+    "LEGACY_CODEC_ID",
     "PRECISION",
     "ESCAPE_WEIGHT",
     "MAX_SUPPORT",
@@ -24,7 +28,9 @@ __all__ = [
     "discretized_laplace_pmfs",
 ]
 
-CODEC_ID = "factorized-v1"
+CODEC_ID = "factorized-v2"  # what new tables code with
+LEGACY_CODEC_ID = "factorized-v1"  # whole 32-bit words; decoded for bundles exported before v2
+CODEC_IDS = (LEGACY_CODEC_ID, CODEC_ID)
 PRECISION = 24  # constriction's default ANS coder works with 24-bit probabilities
 TOTAL = 1 << PRECISION
 ESCAPE_WEIGHT = 1 << (PRECISION - 16)  # escape probability 2^-16: ~2e-5 bits per in-support symbol
@@ -115,6 +121,14 @@ def _check_weights(weights: Any) -> np.ndarray:
     return arr
 
 
+def _trailing_zero_bytes(data: bytes) -> int:
+    """How many of the last word's high bytes (at most 3) are zero; v2 leaves them out."""
+    count = 0
+    while count < 3 and count < len(data) and data[len(data) - 1 - count] == 0:
+        count += 1
+    return count
+
+
 def _bit_length(values: np.ndarray) -> np.ndarray:
     """Exact bit length of positive int64 values below 2^53 (frexp is exact, unlike log2)."""
     return np.frexp(values.astype(np.float64))[1].astype(np.int64)
@@ -129,17 +143,18 @@ class FactorizedCodec:
     the code, travel in ``to_arrays()``, and give identical payload bytes in every process.
     """
 
-    codec_id: str = CODEC_ID
-
-    def __init__(self, pmfs: Any, offsets: Any) -> None:
+    def __init__(self, pmfs: Any, offsets: Any, *, codec_id: str = CODEC_ID) -> None:
         floats = _check_pmfs(pmfs)
         offs = _check_offsets(offsets, floats.shape[0], floats.shape[1])
         weights = np.stack([_quantize_row(row) for row in floats])
-        self._setup(weights, offs, floats)
+        self._setup(weights, offs, floats, codec_id)
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> FactorizedCodec:
-        """Rebuild a codec from ``to_arrays()`` output; the stored integer weights are used as they are."""
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], *, codec_id: str = CODEC_ID) -> FactorizedCodec:
+        """Rebuild a codec from ``to_arrays()`` output; the stored integer weights are used as they are.
+
+        ``codec_id`` is the payload layout the tables code with (a bundle's manifest names it).
+        """
         missing = [key for key in ("weights", "offsets", "precision") if key not in arrays]
         if missing:
             raise ConfigError(f"codec tables lack {missing}; expected the keys written by FactorizedCodec.to_arrays")
@@ -153,10 +168,13 @@ class FactorizedCodec:
         if floats.shape != (weights.shape[0], support):
             raise ConfigError(f"codec pmfs shape {floats.shape} does not match weights shape {weights.shape}")
         codec = cls.__new__(cls)
-        codec._setup(weights, offsets, floats)
+        codec._setup(weights, offsets, floats, codec_id)
         return codec
 
-    def _setup(self, weights: np.ndarray, offsets: np.ndarray, floats: np.ndarray) -> None:
+    def _setup(self, weights: np.ndarray, offsets: np.ndarray, floats: np.ndarray, codec_id: str) -> None:
+        if codec_id not in CODEC_IDS:
+            raise ConfigError(f"unknown codec id {codec_id!r}; this version codes {', '.join(CODEC_IDS)}")
+        self._codec_id = codec_id
         self._weights = weights
         self._weights.flags.writeable = False
         self._offsets = offsets
@@ -180,6 +198,11 @@ class FactorizedCodec:
         self._cost_bits[:, :-1] = np.where(normalized > 0, float_bits, quantized_bits[:, :-1])
 
     @property
+    def codec_id(self) -> str:
+        """The payload layout: ``factorized-v2`` (byte-trimmed) or the legacy ``factorized-v1`` (word-aligned)."""
+        return self._codec_id
+
+    @property
     def num_channels(self) -> int:
         """Number of channels C (tables)."""
         return int(self._weights.shape[0])
@@ -190,7 +213,7 @@ class FactorizedCodec:
         return self._support
 
     def __repr__(self) -> str:
-        return f"FactorizedCodec(channels={self.num_channels}, support={self._support}, codec_id={CODEC_ID!r})"
+        return f"FactorizedCodec(channels={self.num_channels}, support={self._support}, codec_id={self._codec_id!r})"
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The tables as plain numeric arrays (``np.savez``-able without pickle)."""
@@ -258,7 +281,12 @@ class FactorizedCodec:
             coder.encode_reverse(headers, self._header_model)
         for channel in range(self.num_channels - 1, -1, -1):
             coder.encode_reverse(cat[channel], self._models[channel])
-        return coder.get_compressed().astype("<u4").tobytes()
+        data = coder.get_compressed().astype("<u4").tobytes()
+        if self._codec_id == LEGACY_CODEC_ID:
+            return data
+        # The last word is the top of the coder's state (never 0: constriction leaves out empty words), and
+        # its high bytes are often 0: drop up to three of them; decode pads the word back out.
+        return data[: len(data) - _trailing_zero_bytes(data)]
 
     def decode(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         """Decode payload bytes into an int32 array of ``shape``; a corrupted payload raises BitstreamError."""
@@ -266,10 +294,18 @@ class FactorizedCodec:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise BitstreamError(f"payload must be bytes, got {type(payload).__name__}")
         data = bytes(payload)
-        if len(data) % 4:
-            raise BitstreamError(
-                f"payload has {len(data)} bytes, not a multiple of 4; it is truncated or not a {CODEC_ID} payload"
-            )
+        if self._codec_id == LEGACY_CODEC_ID:
+            if len(data) % 4:
+                raise BitstreamError(
+                    f"payload has {len(data)} bytes, not a multiple of 4; it is truncated or not a "
+                    f"{LEGACY_CODEC_ID} payload"
+                )
+        else:
+            if _trailing_zero_bytes(data):
+                raise BitstreamError(
+                    f"payload ends in a zero byte, which a {CODEC_ID} encoder never writes; it is corrupted"
+                )
+            data += bytes(-len(data) % 4)
         words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         try:
             coder = _stream.stack.AnsCoder(words)
@@ -319,6 +355,12 @@ class FactorizedCodec:
                 f"shape {dims} is not (C={self.num_channels}, ...) with positive dims; pass the frame's shape"
             )
         return dims
+
+
+@register("codec", LEGACY_CODEC_ID)
+def _legacy_factorized_codec(pmfs: Any, offsets: Any) -> FactorizedCodec:
+    """The same tables coding word-aligned ``factorized-v1`` payloads (bundles exported before v2)."""
+    return FactorizedCodec(pmfs, offsets, codec_id=LEGACY_CODEC_ID)
 
 
 def discretized_laplace_pmfs(scales: Any, half_width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from edgesplit import create
 from edgesplit.bitstream import pack, unpack
-from edgesplit.codec import CODEC_ID, PRECISION, FactorizedCodec, discretized_laplace_pmfs
+from edgesplit.codec import CODEC_ID, LEGACY_CODEC_ID, PRECISION, FactorizedCodec, discretized_laplace_pmfs
 from edgesplit.errors import BitstreamError, ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -55,9 +55,17 @@ def codec_and_symbols(draw: st.DrawFn) -> tuple[FactorizedCodec, np.ndarray]:
 @given(codec_and_symbols())
 def test_round_trip_random_tables(case: tuple[FactorizedCodec, np.ndarray]) -> None:
     codec, symbols = case
-    out = codec.decode(codec.encode(symbols), symbols.shape)
+    payload = codec.encode(symbols)
+    out = codec.decode(payload, symbols.shape)
     assert out.dtype == np.int32 and out.shape == symbols.shape
     np.testing.assert_array_equal(out, symbols)
+    # v2 is the word-aligned v1 payload less the zero high bytes of its last word (at most 3), never ending in 0
+    legacy = FactorizedCodec.from_arrays(codec.to_arrays(), codec_id=LEGACY_CODEC_ID)
+    aligned = legacy.encode(symbols)
+    assert len(aligned) % 4 == 0 and aligned.startswith(payload) and len(aligned) - len(payload) <= 3
+    assert aligned[len(payload):] == bytes(len(aligned) - len(payload))
+    assert not payload or payload[-1] != 0
+    np.testing.assert_array_equal(legacy.decode(aligned, symbols.shape), symbols)
 
 
 def test_out_of_support_and_int32_extremes() -> None:
@@ -146,25 +154,36 @@ def test_same_bytes_in_other_processes() -> None:
     assert outputs == {hashlib.sha256(codec.encode(symbols)).hexdigest() + "\nFalse\n"}
 
 
-def test_golden_frame_is_reproduced_byte_for_byte() -> None:
+@pytest.mark.parametrize("codec_id, name", [(LEGACY_CODEC_ID, "frame.bin"), (CODEC_ID, "frame_v2.bin")])
+def test_golden_frame_is_reproduced_byte_for_byte(codec_id: str, name: str) -> None:
     with np.load(GOLDEN / "codec_tables.npz", allow_pickle=False) as stored:
-        codec = FactorizedCodec.from_arrays(dict(stored))
+        codec = FactorizedCodec.from_arrays(dict(stored), codec_id=codec_id)
         pmfs, offsets = stored["pmfs"], stored["offsets"]
     symbols = np.load(GOLDEN / "symbols.npy", allow_pickle=False)
-    golden = (GOLDEN / "frame.bin").read_bytes()
+    golden = (GOLDEN / name).read_bytes()
     fingerprint = bytes.fromhex("0123456789abcdef")
     assert pack(codec.encode(symbols), fingerprint=fingerprint, shape=symbols.shape, codec=codec.codec_id) == golden
     # quantizing the float tables again gives the stored weights
-    assert FactorizedCodec(pmfs, offsets).encode(symbols) == codec.encode(symbols)
+    assert FactorizedCodec(pmfs, offsets, codec_id=codec_id).encode(symbols) == codec.encode(symbols)
     frame = unpack(golden, expected_fingerprint=fingerprint)
-    assert frame.codec == CODEC_ID
+    assert frame.codec == codec_id
     np.testing.assert_array_equal(codec.decode(frame.payload, frame.shape), symbols)
 
 
-def test_registered_as_codec_component() -> None:
+def test_golden_v2_frame_is_the_v1_frame_less_zero_bytes() -> None:
+    v1 = unpack((GOLDEN / "frame.bin").read_bytes())
+    v2 = unpack((GOLDEN / "frame_v2.bin").read_bytes())
+    assert v1.payload.startswith(v2.payload) and 0 < len(v1.payload) - len(v2.payload) <= 3
+    assert v1.payload[len(v2.payload):] == bytes(len(v1.payload) - len(v2.payload))
+
+
+@pytest.mark.parametrize("codec_id", [CODEC_ID, LEGACY_CODEC_ID])
+def test_registered_as_codec_component(codec_id: str) -> None:
     pmfs, offsets = discretized_laplace_pmfs([1.0, 2.0], 5)
-    codec = create("codec", CODEC_ID, pmfs=pmfs, offsets=offsets)
-    assert isinstance(codec, FactorizedCodec) and codec.num_channels == 2 and codec.codec_id == CODEC_ID
+    codec = create("codec", codec_id, pmfs=pmfs, offsets=offsets)
+    assert isinstance(codec, FactorizedCodec) and codec.num_channels == 2 and codec.codec_id == codec_id
+    with pytest.raises(ConfigError, match="unknown codec id"):
+        FactorizedCodec(pmfs, offsets, codec_id="factorized-v9")
 
 
 @pytest.mark.parametrize(
@@ -222,10 +241,13 @@ def test_bad_symbols_raise_bitstream_error(symbols: np.ndarray) -> None:
 def test_decode_rejects_bad_payloads_and_shapes() -> None:
     codec = laplace_codec(channels=2, half_width=3)
     payload = codec.encode(np.arange(-6, 6, dtype=np.int32).reshape(2, 6))
+    legacy = FactorizedCodec.from_arrays(codec.to_arrays(), codec_id=LEGACY_CODEC_ID)
     with pytest.raises(BitstreamError, match="multiple of 4"):
-        codec.decode(payload[:-1], (2, 6))
+        legacy.decode(legacy.encode(np.arange(-6, 6, dtype=np.int32).reshape(2, 6))[:-1], (2, 6))
+    with pytest.raises(BitstreamError, match="zero byte"):
+        codec.decode(payload + b"\x00", (2, 6))
     with pytest.raises(BitstreamError, match="ANS"):
-        codec.decode(b"\x01\x00\x00\x00\x00\x00\x00\x00", (2, 6))
+        legacy.decode(b"\x01\x00\x00\x00\x00\x00\x00\x00", (2, 6))  # a last word of 0 is not a coder state
     with pytest.raises(BitstreamError, match="corrupted"):
         codec.decode(payload + b"\x07\x00\x00\x00", (2, 6))
     in_support = codec.encode(np.arange(-6, 6, dtype=np.int32).reshape(2, 6) // 2)
@@ -244,7 +266,6 @@ def test_decode_rejects_bad_payloads_and_shapes() -> None:
 @given(garbage=st.binary(min_size=0, max_size=64), width=st.integers(1, 40))
 def test_decode_of_garbage_raises_bitstream_error_or_returns_the_shape(garbage: bytes, width: int) -> None:
     codec = laplace_codec(channels=3, half_width=2)
-    garbage = garbage[: len(garbage) // 4 * 4]
     try:
         out = codec.decode(garbage, (3, width))
     except BitstreamError:

@@ -201,7 +201,7 @@ def test_round_trip_equals_running_the_graphs_directly(split_bundle: Path, image
     codec = Bundle.open(split_bundle).codec()
     for payload, expected in zip(payloads, symbols):
         frame = bitstream.unpack(payload, expected_fingerprint=encoder.fingerprint)
-        assert frame.shape == LATENT and frame.codec == "factorized-v1"
+        assert frame.shape == LATENT and frame.codec == "factorized-v2"
         np.testing.assert_array_equal(codec.decode(frame.payload, frame.shape), expected)
     np.testing.assert_allclose(np.stack([p.logits for p in predictions]), logits, atol=1e-5)
     for p, row in zip(predictions, logits):
@@ -273,9 +273,10 @@ def test_bad_payloads(split_bundle: Path, other_split_bundle: Path, images: list
     with pytest.raises(ForeignPayloadError):
         decoder.decode(big)
     # well-framed (CRC fine) but not a valid codec payload
-    corrupt = bitstream.pack(b"\1\2\3", fingerprint=frame.fingerprint, shape=LATENT, codec=frame.codec)
-    with pytest.raises(BitstreamError, match="multiple of 4"):
-        decoder.decode(corrupt)
+    for body, match in ((b"\1\2\3", "corrupted"), (b"\1\2\0", "zero byte")):
+        corrupt = bitstream.pack(body, fingerprint=frame.fingerprint, shape=LATENT, codec=frame.codec)
+        with pytest.raises(BitstreamError, match=match):
+            decoder.decode(corrupt)
 
 
 def test_wrong_bundle_kind(split_bundle: Path, full_bundle: Path) -> None:
@@ -322,6 +323,31 @@ def test_missing_backend_files(tmp_path: Path, split_bundle: Path) -> None:
     (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     with pytest.raises(BundleError, match=r"not exported for backend 'openvino' \(available: onnxruntime\)"):
         DeviceEncoder.open(copy, backend="openvino")
+
+
+def test_bundle_exported_with_word_aligned_payloads_still_works(tmp_path: Path, split_bundle: Path,
+                                                                images: list[np.ndarray]) -> None:
+    """A bundle whose manifest names factorized-v1 (exported before v2) codes and decodes v1 payloads."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(split_bundle, copy)
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    manifest["codec"]["id"] = "factorized-v1"
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    legacy, current = DeviceEncoder.open(copy, threads=1), DeviceEncoder.open(split_bundle, threads=1)
+    old, new = legacy.encode_batch(images), current.encode_batch(images)
+    for a, b in zip(old, new):
+        fa, fb = bitstream.unpack(a), bitstream.unpack(b)
+        assert (fa.codec, fb.codec) == ("factorized-v1", "factorized-v2") and len(fa.payload) % 4 == 0
+        assert fa.payload.startswith(fb.payload) and len(fa.payload) - len(fb.payload) <= 3
+    decoder = ServerDecoder.open(copy, threads=1)
+    assert [p.to_dict() for p in decoder.decode_batch(old)] == [
+        p.to_dict() for p in ServerDecoder.open(split_bundle, threads=1).decode_batch(new)]
+    with pytest.raises(BitstreamError, match="factorized-v2"):
+        decoder.decode(new[0])  # a server decodes the codec its bundle names, and says so
+    manifest["codec"]["id"] = "factorized-v9"
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    with pytest.raises(BundleError, match="factorized-v9"):
+        ServerDecoder.open(copy, threads=1)
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------

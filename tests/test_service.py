@@ -150,7 +150,7 @@ def test_a_lone_request_does_not_wait_for_a_batch(decoder: ServerDecoder, payloa
 def test_a_bad_payload_fails_only_itself(decoder: ServerDecoder, payloads: list[bytes]) -> None:
     """A payload that passes the frame checks but not entropy decoding shares a batch with good ones."""
     frame = bitstream.unpack(payloads[0])
-    corrupt = bitstream.pack(b"\1\2\3", fingerprint=frame.fingerprint, shape=LATENT, codec=frame.codec)
+    corrupt = bitstream.pack(b"\1\2\0", fingerprint=frame.fingerprint, shape=LATENT, codec=frame.codec)
     frames = [decoder.unpack(p) for p in (payloads[3], corrupt, payloads[4])]
     batcher = Batcher(decoder, max_batch=8, max_wait_ms=200)
 
@@ -163,14 +163,14 @@ def test_a_bad_payload_fails_only_itself(decoder: ServerDecoder, payloads: list[
 
     results = asyncio.run(scenario())
     assert batcher.metrics.snapshot()["batches"] == 1 and batcher.metrics.max_batch_seen == 3
-    assert isinstance(results[1], BitstreamError) and "multiple of 4" in str(results[1])
+    assert isinstance(results[1], BitstreamError) and "zero byte" in str(results[1])
     for result, payload in ((results[0], payloads[3]), (results[2], payloads[4])):
         assert isinstance(result, Prediction)
         assert same({**result.to_dict(), "model": decoder.fingerprint.hex()}, expected(decoder, payload))
     # and over HTTP: the same payload is a 400 with the codec's message
     with TestClient(create_app(decoder)) as client:
         r = client.post("/v1/decode", content=corrupt)
-        assert r.status_code == 400 and "multiple of 4" in r.json()["detail"]
+        assert r.status_code == 400 and "zero byte" in r.json()["detail"]
 
 
 def test_metrics_render() -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Train and publish one Entropic Student: the shared base (configs/entropic_base.yaml, once; later calls reuse
-# runs/entropic_base), the beta's stage 1 and stage 2, then fp16 student-only weights under samples/weights/.
+# Train and publish one Entropic Student: the shared base (configs/entropic_base.yaml, then
+# configs/entropic_base_long.yaml; once, later calls reuse runs/entropic_base_long), the beta's stage 1 and stage 2,
+# then fp16 student-only weights under samples/weights/.
 #   bench/train_entropic.sh BETA_TOKEN DATASET_DIR [THREADS]     e.g. bench/train_entropic.sh b1e-4 ../data/train 1
 # Two betas may run at once only after the base has finished.
 set -euo pipefail
@@ -12,6 +13,10 @@ resume() { [ -f "$1/state.safetensors" ] && echo --resume || true; }
 if [ ! -f runs/entropic_base/metrics.json ]; then
     $es train configs/entropic_base.yaml --out runs/entropic_base --data "$data" --threads "$threads" --no-progress \
         $(resume runs/entropic_base)
+fi
+if [ ! -f runs/entropic_base_long/metrics.json ]; then
+    $es train configs/entropic_base_long.yaml --out runs/entropic_base_long --data "$data" --threads "$threads" \
+        --no-progress $(resume runs/entropic_base_long)
 fi
 $es train "configs/entropic_${beta}_stage1.yaml" --out "runs/entropic_${beta}_stage1" --data "$data" \
     --threads "$threads" --no-progress $(resume "runs/entropic_${beta}_stage1")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train and publish one Entropic Student: the shared base (configs/entropic_base.yaml, then
-# configs/entropic_base_long.yaml; once, later calls reuse runs/entropic_base_long), the beta's stage 1 and stage 2,
-# then fp16 student-only weights under samples/weights/.
+# configs/entropic_base_long.yaml and configs/entropic_base_long2.yaml; once, later calls reuse
+# runs/entropic_base_long2), the beta's stage 1 and stage 2, then fp16 student-only weights under samples/weights/.
 #   bench/train_entropic.sh BETA_TOKEN DATASET_DIR [THREADS]     e.g. bench/train_entropic.sh b1e-4 ../data/train 1
 # Two betas may run at once only after the base has finished.
 set -euo pipefail
@@ -14,10 +14,12 @@ if [ ! -f runs/entropic_base/metrics.json ]; then
     $es train configs/entropic_base.yaml --out runs/entropic_base --data "$data" --threads "$threads" --no-progress \
         $(resume runs/entropic_base)
 fi
-if [ ! -f runs/entropic_base_long/metrics.json ]; then
-    $es train configs/entropic_base_long.yaml --out runs/entropic_base_long --data "$data" --threads "$threads" \
-        --no-progress $(resume runs/entropic_base_long)
-fi
+for base in entropic_base_long entropic_base_long2; do
+    if [ ! -f "runs/$base/metrics.json" ]; then
+        $es train "configs/$base.yaml" --out "runs/$base" --data "$data" --threads "$threads" --no-progress \
+            $(resume "runs/$base")
+    fi
+done
 $es train "configs/entropic_${beta}_stage1.yaml" --out "runs/entropic_${beta}_stage1" --data "$data" \
     --threads "$threads" --no-progress $(resume "runs/entropic_${beta}_stage1")
 $es train "configs/entropic_${beta}_stage2.yaml" --out "runs/entropic_${beta}_stage2" --data "$data" \

@@ -390,18 +390,19 @@ def test_recipes_cover_at_least_five_betas_in_two_stages() -> None:
         betas.append(stage1.losses[1].weight)
         assert [l.name for l in stage2.losses] == ["kd", "ce"]
         assert stage2.init == f"runs/{stage1.name}/model.safetensors"
-        assert stage1.init == "runs/entropic_base_long/model.safetensors"
+        assert stage1.init == "runs/entropic_base_long2/model.safetensors"
         assert stage1.losses[0].params == {"stages": ["stage1", "stage2", "stage3", "stage4"],
                                            "stage_weights": [0.25, 1.0, 0.5, 0.25]}
     assert len(set(betas)) == len(RECIPES)  # one recipe per beta
-    # the shared base: 10 epochs from scratch, then 10 more with the per-beta stage-1 loss weights
+    # the shared base: 10 epochs from scratch, then twice 10 more with the per-beta stage-1 loss weights
     base = load_train_config(REPO / "configs" / "entropic_base.yaml")
     assert base.init is None and base.freeze == ["tail"] and base.model.params == stage1.model.params
     assert [l.name for l in base.losses] == ["feature_mse", "rate", "aux"] and base.losses[1].weight in betas
-    long = load_train_config(REPO / "configs" / "entropic_base_long.yaml")
-    assert long.init == "runs/entropic_base/model.safetensors" and long.freeze == ["tail"]
-    assert long.model.params == stage1.model.params and long.losses[0].params == stage1.losses[0].params
-    assert [l.weight for l in long.losses[1:]] == [l.weight for l in base.losses[1:]]
+    for name, start in (("entropic_base_long", "entropic_base"), ("entropic_base_long2", "entropic_base_long")):
+        long = load_train_config(REPO / "configs" / f"{name}.yaml")
+        assert long.name == name and long.init == f"runs/{start}/model.safetensors" and long.freeze == ["tail"]
+        assert long.model.params == stage1.model.params and long.losses[0].params == stage1.losses[0].params
+        assert [l.weight for l in long.losses[1:]] == [l.weight for l in base.losses[1:]]
 
 
 def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:

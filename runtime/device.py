@@ -198,11 +198,7 @@ class DeviceEncoder(_Runner):
     def __init__(self, bundle: Bundle, session: Session) -> None:
         super().__init__(bundle, session)
         self.latent_shape = bundle.latent_shape
-        self.codec = bundle.codec()
-        codec_id = bundle.manifest["codec"].get("id", self.codec.codec_id)
-        if codec_id != self.codec.codec_id:
-            raise BundleError(f"{bundle.path}: manifest codec id {codec_id!r} does not match its tables "
-                              f"({self.codec.codec_id!r})")
+        self.codec = bundle.codec()  # in the layout the manifest's codec.id names
         if self.codec.num_channels != self.latent_shape[0]:
             raise BundleError(f"{bundle.path}: codec tables have {self.codec.num_channels} channels, the latent "
                               f"{self.latent_shape} has {self.latent_shape[0]}")

@@ -48,7 +48,7 @@ class ServerDecoder(_SessionInfo):
         self.latent_shape = bundle.latent_shape
         self.max_elements = math.prod(self.latent_shape)
         self.codec = bundle.codec()
-        self.codec_id = str(bundle.manifest["codec"].get("id", self.codec.codec_id))
+        self.codec_id = self.codec.codec_id  # the layout the manifest's codec.id names
         self._fingerprint = bundle.fingerprint
         self._labels = bundle.labels
         self.last_timings: dict[str, float] = {}
@@ -59,7 +59,7 @@ class ServerDecoder(_SessionInfo):
             raise BundleError(f"{bundle.path}: the decoder graph takes symbols of shape "
                               f"{session.input_shapes['symbols']}; the manifest's latent is {self.latent_shape} "
                               "(with a dynamic batch); re-export the bundle")
-        if self.codec_id != self.codec.codec_id or self.codec.num_channels != self.latent_shape[0]:
+        if self.codec.num_channels != self.latent_shape[0]:
             raise BundleError(f"{bundle.path}: codec {self.codec_id!r} with {self.codec.num_channels} channels does "
                               f"not fit the latent {self.latent_shape}")
 

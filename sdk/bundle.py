@@ -158,9 +158,9 @@ class Bundle:
 
         if self.kind != "split":
             raise BundleError(f"{self.path}: a {self.kind} bundle has no codec tables")
-        rel = self.manifest.get("codec", {}).get("file")
-        path = _confined(self.path, rel, "codec.file")
-        codec_id = self.manifest.get("codec", {}).get("id", LEGACY_CODEC_ID)
+        entry = self.manifest.get("codec", {})
+        path = _confined(self.path, entry.get("file"), "codec.file")
+        codec_id = entry.get("id", LEGACY_CODEC_ID)  # bundles name it; a manifest without one predates v2
         if codec_id not in CODEC_IDS:
             raise BundleError(
                 f"{self.path}: manifest codec.id {codec_id!r} is not one this edgesplit decodes "

@@ -106,7 +106,7 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     import importlib
 
     hooks = []
-    for module in ("edgesplit.export.cli", "edgesplit.runtime.cli", "edgesplit.demo"):
+    for module in ("edgesplit._commands", "edgesplit.export.cli", "edgesplit.runtime.cli", "edgesplit.demo"):
         try:
             hooks.append(importlib.import_module(module).register_cli)
         except ModuleNotFoundError as exc:

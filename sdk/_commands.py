@@ -1,0 +1,87 @@
+"""``edgesplit predict``, ``info``, ``benchmark`` and ``schema``: the everyday commands on a checkpoint or bundle.
+
+Registered into the main parser; each command imports the runtime or torch only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["register_cli"]
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from exc
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be >= 1")
+    return number
+
+
+def _int_list(value: str) -> list[int]:
+    return [_positive(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def _names(args: argparse.Namespace) -> dict[str, str] | None:
+    if not getattr(args, "label_names", None):
+        return None
+    from .labels import read_label_names
+
+    return read_label_names(args.label_names)
+
+
+def _is_bundle(target: Path) -> bool:
+    if target.is_dir():
+        return True
+    if not target.is_file():
+        raise ConfigError(f"{target}: no such checkpoint file or bundle directory")
+    return False
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_rows, list_images
+
+    target = Path(args.target)
+    root, images = list_images(args.images)
+    names = _names(args)
+    if _is_bundle(target):
+        from .runtime.predict import predict_bundle
+
+        result = predict_bundle(target, images, root=root, top_k=args.top_k, backend=args.backend,
+                                device=args.device, threads=args.threads, names=names)
+    else:
+        from .train.predict import predict_checkpoint
+
+        result = predict_checkpoint(target, images, root=root, top_k=args.top_k, names=names)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(format_rows(result["rows"]))
+    sizes = [r["payload_bytes"] for r in result["rows"] if r.get("payload_bytes") is not None]
+    tail = f"; mean payload {sum(sizes) / len(sizes):.0f} B" if sizes else ""
+    print(f"{len(result['rows'])} image(s), {result['kind']} model, {result['backend']} on {result['device']}{tail}")
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("predict", help="top-k labels of images with a checkpoint or a bundle",
+                        description="One row per image: the top-k class names with their probabilities. A split "
+                                    "model goes image -> payload bytes -> prediction in this process and shows the "
+                                    "payload size.")
+    sp.add_argument("target", help="checkpoint (.safetensors) or bundle directory")
+    sp.add_argument("images", help="an image file, or a directory of images (sub-folders included)")
+    sp.add_argument("--top-k", type=_positive, default=3, help="labels per image (default 3)")
+    sp.add_argument("--backend", default="onnxruntime", help="bundles: onnxruntime, openvino or tensorrt")
+    sp.add_argument("--device", default="cpu", help="bundles: e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
+    sp.add_argument("--threads", type=_positive, help="bundles: intra-op threads of the backend")
+    sp.add_argument("--label-names", metavar="FILE",
+                    help="YAML mapping of class id to display name (overrides the names the model carries)")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=_cmd_predict)

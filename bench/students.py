@@ -83,7 +83,7 @@ def binary_kernel(model: Any, size: int, threads: int, runs: int) -> dict[str, A
     number of layers executed as BinaryConvolution, and the time spent in the binary layers of each."""
     import torch  # noqa: F401  (the lowering reads the torch model)
 
-    from edgesplit.plugins.quant.openvino_binary import (binary_layer_types, build_openvino_model, compile_model,
+    from edgesplit.export.openvino_binary import (binary_layer_types, build_openvino_model, compile_model,
                                                           time_compiled)
 
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)

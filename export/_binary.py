@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
+from edgesplit.binary_net import BUILDER, InputSpec, LoweredNet, save_net, weight_bytes
 from edgesplit.errors import ConfigError, ExportError
 from edgesplit.preprocess import Preprocess
-from edgesplit.runtime.binary_graph import BUILDER, InputSpec, LoweredNet, save_net, weight_bytes
 
 __all__ = ["PRECISIONS", "OPENVINO_FILE", "BUILDER", "binary_layer_count", "check_exportable", "lowered",
            "weight_bytes", "write_onnx", "write_openvino", "int8_note"]
@@ -46,7 +46,7 @@ def check_exportable(name: str, layers: int, precision: str, split: bool) -> Non
 
 def lowered(model: nn.Module) -> LoweredNet:
     """The student as the arrays every binary artifact is written from (BatchNorm folded; once per export)."""
-    from edgesplit.plugins.quant._lowering import lower
+    from edgesplit.plugins.quant import lower
 
     return lower(model)
 
@@ -54,7 +54,7 @@ def lowered(model: nn.Module) -> LoweredNet:
 def write_onnx(net: LoweredNet, spec: Preprocess, path: Path) -> Any:
     """``model.onnx`` for onnxruntime and TensorRT: uint8 NHWC ``image`` (normalized inside) -> ``logits``, dynamic
     batch, binary layers as INT8 Q/DQ with values in {-1, +1}; returns the ``ModelProto``."""
-    from edgesplit.plugins.quant.onnx_binary import export_binary_onnx
+    from .onnx_binary import export_binary_onnx
 
     return export_binary_onnx(net, path, image=spec)["model"]
 
@@ -69,6 +69,6 @@ def write_openvino(net: LoweredNet, spec: Preprocess, path: Path) -> dict[str, s
 
 def int8_note() -> str:
     """How onnxruntime and TensorRT run the binary layers (``onnx_binary.INT8_NOTE``)."""
-    from edgesplit.plugins.quant.onnx_binary import INT8_NOTE
+    from .onnx_binary import INT8_NOTE
 
     return INT8_NOTE

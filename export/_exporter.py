@@ -161,7 +161,7 @@ def export_checkpoint(
     ``ExportError`` with the numbers unless ``verify=False``. ``threads``: CPU threads for the parity and latency
     sessions (None: the backends' defaults). ``progress`` receives one line per step.
 
-    A model that exports its own Q/DQ (a QAT student: ``export_module()`` with ``edgesplit.export.qdq.fake_quant``)
+    A model that exports its own Q/DQ (a QAT student: ``export_module()`` with ``plugins.quant.qdq.fake_quant``)
     takes ``precision="int8"`` only and is not calibrated: its graph is used as exported, with every weight
     quantizer (QuantizeLinear of a constant) folded into an int8 initializer read by its DequantizeLinear
     (``_fold.fold_weight_quantizers``), so ``model.onnx`` and the OpenVINO IR start from int8 weights.

@@ -132,7 +132,7 @@ class GraphSpec:
 
 def _core(model: nn.Module) -> nn.Module:
     """What to trace for a full model: its ``export_module()`` (e.g. a QAT student whose fake quantizers use
-    ``edgesplit.export.qdq.fake_quant``, exported as Q/DQ pairs with the learned scales) or the model itself."""
+    ``edgesplit.plugins.quant.qdq.fake_quant``, exported as Q/DQ pairs with the learned scales) or the model itself."""
     hook = getattr(model, "export_module", None)
     return hook() if callable(hook) else model
 

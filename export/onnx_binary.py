@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from edgesplit.binary_net import BinaryUnit, LoweredNet, RealConv, RPReLU
 from edgesplit.errors import BackendUnavailable, ExportError
+from edgesplit.plugins.quant import lower
 from edgesplit.preprocess import Preprocess
-from edgesplit.runtime.binary_graph import BinaryUnit, LoweredNet, RealConv, RPReLU
 
-from ._lowering import lower
 
 __all__ = ["INT8_NOTE", "export_binary_onnx"]
 

@@ -3,8 +3,8 @@
 
 The graph emitter, and why it emits ``FakeQuantize(0/1) -> +-1 Convolution`` pairs with channels padded to multiples
 of 8 (OpenVINO 2026.4 CPU pitfalls), live in the torch-free ``edgesplit.runtime.binary_graph``, which also rebuilds
-the graph from a bundle's packed ``binary/model.npz`` at load time. This module adds the torch side: lowering a
-``BinaryResNet`` to those arrays.
+the graph from a bundle's packed ``binary/model.npz`` at load time. This module builds it from a torch
+``BinaryResNet`` (lowered to arrays by ``edgesplit.plugins.quant.lower``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import numpy as np
 from torch import nn
 
 from edgesplit.errors import ExportError
+from edgesplit.plugins.quant import lower
 from edgesplit.runtime.binary_graph import binary_layer_types, import_openvino, openvino_model
-
-from ._lowering import lower
 
 __all__ = ["build_openvino_model", "compile_model", "binary_layer_types", "time_compiled"]
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 from edgesplit import registry  # noqa: E402
 from edgesplit.config import load_train_config  # noqa: E402
 from edgesplit.errors import ConfigError  # noqa: E402
-from edgesplit.runtime.binary_graph import RPReLU as LoweredRPReLU  # noqa: E402
+from edgesplit.binary_net import RPReLU as LoweredRPReLU  # noqa: E402
 from edgesplit.plugins.quant import (  # noqa: E402
     BinaryConv2d,
     BinaryResNet,
@@ -429,7 +429,7 @@ def _tiny_trained_binary(width: float = 0.125, rprelu: bool = False) -> tuple[Bi
                          ids=["channels_8_to_64", "channels_12_to_97", "rprelu"])
 def test_openvino_runs_binary_layers_as_binary_convolution(width: float, rprelu: bool) -> None:
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install edgesplit[openvino])")
-    from edgesplit.plugins.quant.openvino_binary import (
+    from edgesplit.export.openvino_binary import (
         binary_layer_types,
         build_openvino_model,
         compile_model,
@@ -457,7 +457,7 @@ def test_onnx_int8_qdq_export_matches_torch(tmp_path: Path, rprelu: bool) -> Non
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install edgesplit[export])")
     from onnx import numpy_helper
 
-    from edgesplit.plugins.quant.onnx_binary import export_binary_onnx
+    from edgesplit.export.onnx_binary import export_binary_onnx
 
     model, x, ref = _tiny_trained_binary(rprelu=rprelu)
     info = export_binary_onnx(model, tmp_path / "binary.onnx")

@@ -41,12 +41,12 @@ from edgesplit.export import tensorrt as trt_export  # noqa: E402
 from edgesplit.plugins.quant._lowering import lower  # noqa: E402
 from edgesplit.plugins.quant.binary import binary_layers  # noqa: E402
 from .runtime_fixtures import calibrated_binary  # noqa: E402
-from edgesplit.plugins.quant.onnx_binary import INT8_NOTE  # noqa: E402
+from edgesplit.export.onnx_binary import INT8_NOTE  # noqa: E402
 from edgesplit.plugins.quant._bn_fold import ChannelBias  # noqa: E402
 from edgesplit.plugins.quant.qat import quantized_layers  # noqa: E402
 from edgesplit.preprocess import Preprocess, eval_crop  # noqa: E402
 from edgesplit.runtime import DeviceModel, open_part, open_session  # noqa: E402
-from edgesplit.runtime.binary_graph import InputSpec, load_net, save_net  # noqa: E402
+from edgesplit.binary_net import InputSpec, load_net, save_net  # noqa: E402
 from edgesplit.train import to_input  # noqa: E402
 from edgesplit.train.checkpoint import load, save_checkpoint  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 
 MODULES = ["edgesplit", "edgesplit.errors", "edgesplit.registry", "edgesplit.config", "edgesplit.codec",
            "edgesplit.bitstream", "edgesplit.preprocess", "edgesplit.data", "edgesplit.cli", "edgesplit.runtime",
-           "edgesplit.runtime.backends", "edgesplit.runtime.binary_graph"]
+           "edgesplit.runtime.backends", "edgesplit.runtime.binary_graph", "edgesplit.binary_net"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -33,7 +33,7 @@ def _numpy_binary_bundle(root: Path) -> Path:
     two Bi-Real blocks (8 -> 8, then 8 -> 16 with a stride-2 average-pool + 1x1 shortcut), 3 classes."""
     from edgesplit.bundle import BundleWriter
     from edgesplit.preprocess import Preprocess
-    from edgesplit.runtime.binary_graph import BUILDER, BinaryUnit, Block, InputSpec, LoweredNet, RealConv, save_net
+    from edgesplit.binary_net import BUILDER, BinaryUnit, Block, InputSpec, LoweredNet, RealConv, save_net
 
     rng = np.random.default_rng(0)
     spec = Preprocess.for_size(32)

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from edgesplit.checkpoint import load
 from edgesplit.codec import FactorizedCodec
 from edgesplit.errors import ConfigError
 from edgesplit.plugins.backbones import Backbone, count_macs
@@ -370,8 +371,6 @@ def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, e
     stages (after ``cut``) that stage 2 fine-tunes and the student checkpoint stores. ``latent_stride``: the
     symbols' stride (default: the cut's); a coarser latent is upsampled back to the cut's resolution by the decoder.
     """
-    from edgesplit.train.checkpoint import load  # torch-heavy; imported on use
-
     digest = file_sha256(teacher)
     if teacher_sha256 is not None and teacher_sha256.lower() != digest:
         raise ConfigError(f"{teacher}: teacher checkpoint has sha256 {digest}, but the student recipe expects "

@@ -1,7 +1,7 @@
 """Quantized (INT8/INT4 QAT) and binarized students, registered as kind ``student``.
 
-The OpenVINO 1-bit graph builder (``openvino_binary``) and the ONNX Q/DQ exporter (``onnx_binary``) are imported
-on use: they need the ``export`` extra.
+``lower`` turns a trained binary student into the numpy arrays of ``edgesplit.binary_net``; the exporter builds its
+OpenVINO 1-bit graph and its ONNX Q/DQ graph from them (``edgesplit.export.openvino_binary``, ``.onnx_binary``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .binary import (
     register_estimator,
     unpack_signs,
 )
+from ._lowering import lower
 from .qat import LsqQuantizer, QConv2d, QLinear, quantize_model
 from .storage import checkpoint_bytes, mac_report, storage_report
 
@@ -36,6 +37,7 @@ __all__ = [
     "binarize",
     "checkpoint_bytes",
     "create_estimator",
+    "lower",
     "mac_report",
     "pack_signs",
     "quantize_model",

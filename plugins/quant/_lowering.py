@@ -1,5 +1,5 @@
-"""A trained ``BinaryResNet`` in eval mode as plain numpy arrays (``edgesplit.runtime.binary_graph.LoweredNet``),
-BatchNorm folded: what the OpenVINO and ONNX graph builders emit, so both compute the same function as the torch
+"""A trained ``BinaryResNet`` in eval mode as plain numpy arrays (``edgesplit.binary_net.LoweredNet``), BatchNorm
+folded: what the exporter's OpenVINO and ONNX graph builders emit, so both compute the same function as the torch
 model."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgesplit.binary_net import BinaryUnit, Block, LoweredNet, RealConv, RPReLU
 from edgesplit.errors import ExportError
-from edgesplit.runtime.binary_graph import BinaryUnit, Block, LoweredNet, RealConv, RPReLU
 
 from .binary import BinaryConv2d, BinaryResNet, BiRealBlock
 from .binary import RPReLU as TorchRPReLU  # the runtime's RPReLU (arrays) keeps the plain name here
 
-# the dataclasses live in the torch-free runtime (a bundle's binary/model.npz is read without torch); re-exported
+# the dataclasses live in the torch-free core (the exporter writes them, the runtime reads them); re-exported
 __all__ = ["RealConv", "BinaryUnit", "RPReLU", "Block", "LoweredNet", "lower"]
 
 

@@ -20,6 +20,7 @@ from edgesplit.errors import ConfigError, ExportError
 from edgesplit.registry import create, register
 
 from ._bn_fold import ChannelBias, ConvBn, conv_bn_pairs, fold_batchnorm
+from .qdq import fake_quant
 
 __all__ = [
     "INIT_METHODS",
@@ -247,8 +248,8 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 class _ExportQuant(nn.Module):
-    """An ``LsqQuantizer`` at export: ``edgesplit.export.qdq.fake_quant`` (ONNX QuantizeLinear/DequantizeLinear)
-    with the learned step as scale and zero point 0 (``of``), or a weight's step after BatchNorm folding.
+    """An ``LsqQuantizer`` at export: ``qdq.fake_quant`` (exported as ONNX QuantizeLinear/DequantizeLinear) with
+    the learned step as scale and zero point 0 (``of``), or a weight's step after BatchNorm folding.
 
     8-bit: int8 (-128, 127), or uint8 (0, 255) for an unsigned activation quantizer: one Q/DQ pair, exact.
     Fewer bits: the b-bit grid is a subset of the int8 grid at the same scale (|Qn|, Qp <= 2^(b-1) resp. 2^b - 1
@@ -277,8 +278,6 @@ class _ExportQuant(nn.Module):
         return cls(scale, axis=axis, qmin=qmin, qmax=qmax, clamp=bounds)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from edgesplit.export.qdq import fake_quant
-
         if self.lo is not None:
             x = x.clamp(self.lo, self.hi)
         return fake_quant(x, self.scale, axis=self.axis, qmin=self.qmin, qmax=self.qmax)
@@ -305,9 +304,9 @@ def _integer_kernel(model: nn.Module, pair: ConvBn) -> bool:
 def export_module(model: nn.Module) -> nn.Module:
     """An exportable copy of a QAT model (normalized float NCHW -> logits, like its eval forward) whose quantized
     layers express their weight (per output channel, axis 0) and activation (per tensor) quantizers with
-    ``edgesplit.export.qdq.fake_quant``, so the exporter keeps those scales as Q/DQ pairs instead of calibrating
-    its own. Sub-8-bit layers emulate their grid exactly with int8 Q/DQ (``_ExportQuant``). The model is not
-    modified.
+    ``edgesplit.plugins.quant.qdq.fake_quant``, so the exporter keeps those scales as Q/DQ pairs instead of
+    calibrating its own. Sub-8-bit layers emulate their grid exactly with int8 Q/DQ (``_ExportQuant``). The model
+    is not modified.
 
     A ``BatchNorm2d`` that reads a ``QConv2d``'s output (and nothing else does) is folded into it in the quantized
     domain (``_bn_fold.fold_batchnorm``): the weight integers stay (negated in channels whose BatchNorm factor is

@@ -1,4 +1,5 @@
-"""Checkpoints as safetensors with the model's recipe in the metadata, so ``load(path)`` rebuilds any of them.
+"""Checkpoints as safetensors with the model's recipe in the metadata, so ``load(path)`` rebuilds any of them
+(reading them is the core's ``edgesplit.checkpoint``; writing them is here).
 
 Resumable training state (optimizer, epoch, RNG) goes to a second safetensors file; nothing is ever pickled.
 """
@@ -16,18 +17,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edgesplit.errors import ConfigError, EdgesplitError
-from edgesplit.registry import create
+from edgesplit.checkpoint import FORMAT, META_KEY, CheckpointError, build_model, read_metadata
+from edgesplit.checkpoint import load as _load
 
-__all__ = ["META_KEY", "FORMAT", "save_checkpoint", "read_metadata", "load", "save_state", "load_state",
-           "atomic_write"]
-
-META_KEY = "edgesplit"
-FORMAT = 1
-
-
-class CheckpointError(EdgesplitError):
-    """A checkpoint file is missing, unreadable or not an edgesplit checkpoint."""
+__all__ = ["META_KEY", "FORMAT", "CheckpointError", "save_checkpoint", "read_metadata", "build_model", "load",
+           "save_state", "load_state", "atomic_write"]
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -65,72 +59,14 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, model_config: dict[st
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The recipe stored in a checkpoint (no tensors are read)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-        raise CheckpointError(f"{p}: not a safetensors checkpoint ({exc})") from exc
-    if META_KEY not in meta:
-        raise CheckpointError(f"{p}: safetensors file without edgesplit metadata (not written by edgesplit)")
-    try:
-        info = json.loads(meta[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{p}: corrupt edgesplit metadata ({exc})") from exc
-    if info.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: checkpoint format {info.get('format')!r}, this edgesplit reads {FORMAT}")
-    return info
-
-
-def build_model(model_config: dict[str, Any], source: str = "<checkpoint>") -> nn.Module:
-    try:
-        kind, name, params = model_config["kind"], model_config["name"], model_config.get("params", {})
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{source}: model recipe needs kind, name and params, got {model_config!r}") from exc
-    return create(kind, name, **params)
-
-
-_FILE_PARAMS = ("teacher",)
-
-
-def _resolve_relative_files(recipe: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
-    """Relative file parameters (a student's teacher) are looked up next to the checkpoint first, then from the
-    working directory, so published weights load from anywhere."""
-    params = dict(recipe.get("params", {}))
-    for key in _FILE_PARAMS:
-        value = params.get(key)
-        if isinstance(value, str) and not Path(value).is_absolute():
-            beside = checkpoint.parent / value
-            if beside.is_file():
-                params[key] = str(beside)
-    return {**recipe, "params": params}
-
-
 def load(path: str | Path, *, eval_mode: bool = True) -> nn.Module:
-    """Rebuild a checkpoint's model through the registry and load its weights (float32).
+    """Rebuild a checkpoint's model through the registry and load its weights (``edgesplit.checkpoint.load``).
 
     The recipe is attached as ``model.edgesplit_info`` (labels, preprocessing, training metrics).
     """
     import edgesplit.train.losses  # noqa: F401  (registers losses some models reference)
 
-    info = read_metadata(path)
-    recipe = _resolve_relative_files(info["model"], Path(path))
-    model = build_model(recipe, str(path))
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
-    loader = getattr(model, "load_checkpoint_state_dict", None)
-    try:
-        if loader is not None:
-            loader(state)
-        else:
-            model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {info['model']['name']!r}: {exc}") from exc
-    model.edgesplit_info = info  # type: ignore[assignment]
-    return model.eval() if eval_mode else model
+    return _load(path, eval_mode=eval_mode)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

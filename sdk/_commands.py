@@ -70,6 +70,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .info import describe, format_info
+
+    target = Path(args.target)
+    info = describe(target)
+    if info["type"] == "checkpoint" and info["role"] == "backbone" and not args.no_cuts:
+        from .train.cuts import cut_table
+
+        cuts = cut_table(target)
+        if cuts:
+            info["cuts"] = cuts
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
 def register_cli(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("predict", help="top-k labels of images with a checkpoint or a bundle",
                         description="One row per image: the top-k class names with their probabilities. A split "
@@ -85,3 +100,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                     help="YAML mapping of class id to display name (overrides the names the model carries)")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_predict)
+
+    sp = sub.add_parser("info", help="what a bundle or checkpoint is: labels, input, latent, parts, sizes, parity",
+                        description="Kind, labels and names, input size and preprocessing, latent shape, parts and "
+                                    "backends with file sizes, parity figures from the export report, the teacher "
+                                    "hash of a student; for a teacher, the possible cut points with device-side "
+                                    "MACs and latent size.")
+    sp.add_argument("target", help="bundle directory or checkpoint (.safetensors)")
+    sp.add_argument("--no-cuts", action="store_true", help="teachers: skip the cut-point table (needs torch)")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=_cmd_info)

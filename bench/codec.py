@@ -1,6 +1,6 @@
 """Entropy codec benchmark: FactorizedCodec payload vs information content vs zlib/zstd, and coding speed.
 
-    python bench/codec.py            # writes bench/results/codec.json and prints a markdown table
+    python bench/codec.py --overwrite   # refreshes bench/results/codec.json (or --out FILE) and prints a markdown table
 """
 
 from __future__ import annotations
@@ -141,7 +141,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50, help="timed runs per measurement (median reported)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (a committed result)")
     args = parser.parse_args()
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists (a committed result); pass --overwrite to replace it, or --out elsewhere")
     rows = [bench_shape(shape, args.runs) for shape in SHAPES]
     small = [bench_small(scale_range) for scale_range in SMALL_SCALES]
     result = {

@@ -54,7 +54,10 @@ def main() -> int:
     ap.add_argument("--rd", default=str(REPO / "bench" / "results" / "rd.json"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latency.json"))
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out (a committed result)")
     args = ap.parse_args()
+    if Path(args.out).exists() and not args.overwrite:
+        ap.error(f"{args.out} exists (a committed result); pass --overwrite to replace it, or --out elsewhere")
 
     images = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     rd = json.loads(Path(args.rd).read_text())

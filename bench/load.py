@@ -358,7 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (a committed result)")
     args = p.parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        p.error(f"{args.out} exists (a committed result); pass --overwrite to replace it, or --out elsewhere")
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     token = secrets.token_urlsafe(24)
 

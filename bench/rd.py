@@ -140,7 +140,10 @@ def main() -> int:
     ap.add_argument("--teacher", default=str(REPO / "samples/weights/teacher_resnet18.safetensors"))
     ap.add_argument("--students", nargs="*", default=sorted(glob.glob(str(REPO / "samples/weights/entropic_*.safetensors"))))
     ap.add_argument("--out", default=str(REPO / "bench/results/rd.json"))
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out (a committed result)")
     args = ap.parse_args()
+    if Path(args.out).exists() and not args.overwrite:
+        ap.error(f"{args.out} exists (a committed result); pass --overwrite to replace it, or --out elsewhere")
     result = run(args.data, args.split, args.students, args.teacher, args.limit)
     result["teacher"] = _repo_relative(result["teacher"])
     for p in result["points"]:

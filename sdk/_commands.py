@@ -85,6 +85,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from .runtime.benchmark import benchmark_bundle, format_benchmark
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose another file")
+    result = benchmark_bundle(args.bundle, backends=[b.strip() for b in args.backend.split(",") if b.strip()],
+                              threads=args.threads or [None], batches=args.batch or [1], mode=args.mode,
+                              streams=args.streams, data=args.data, device=args.device, seconds=args.seconds)
+    print(json.dumps(result, indent=2) if args.json else format_benchmark(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def register_cli(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("predict", help="top-k labels of images with a checkpoint or a bundle",
                         description="One row per image: the top-k class names with their probabilities. A split "
@@ -110,3 +126,24 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--no-cuts", action="store_true", help="teachers: skip the cut-point table (needs torch)")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_info)
+
+    sp = sub.add_parser("benchmark", help="latency percentiles and throughput of a bundle per backend x threads x "
+                                          "batch (top-1 and payload bytes with --data)",
+                        description="Times the deployed path (split: encode_batch + decode_batch; full: "
+                                    "predict_batch) on in-memory images. Nothing is written unless --out is given, "
+                                    "and an existing --out is replaced only with --overwrite.")
+    sp.add_argument("bundle", help="bundle directory")
+    sp.add_argument("--backend", default="onnxruntime", help="comma-separated: onnxruntime, openvino, tensorrt")
+    sp.add_argument("--threads", type=_int_list, help="comma-separated intra-op thread counts (default: the runtime's)")
+    sp.add_argument("--batch", type=_int_list, help="comma-separated batch sizes (default 1)")
+    sp.add_argument("--mode", choices=["latency", "throughput"], default="latency",
+                    help="latency: one call at a time; throughput: --streams callers at once")
+    sp.add_argument("--streams", type=_positive, help="throughput mode: concurrent callers (default 2-4)")
+    sp.add_argument("--seconds", type=float, default=2.0, help="timed seconds per combination (default 2)")
+    sp.add_argument("--data", help="image directory: time real images, and report top-1 (class sub-folders named "
+                                   "like the labels) and mean payload bytes")
+    sp.add_argument("--device", default="cpu", help="e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
+    sp.add_argument("--out", help="also write the JSON result to this file")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=_cmd_benchmark)

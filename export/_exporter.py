@@ -202,7 +202,7 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
 
     from . import _binary, _onnxruntime, _openvino
     from . import tensorrt as trt_export
-    from ._graphs import OPSET, exact_nodes, export_onnx, graph_specs, has_own_qdq, io_spec, is_split
+    from ._graphs import OPSET, exact_nodes, export_onnx, graph_specs, has_own_qdq, io_spec, is_split, split_codec
 
     with steps.step("load"):
         model = load(ckpt)
@@ -365,7 +365,7 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
     # -- codec tables -----------------------------------------------------------------------------------------------
     codec_entry: dict[str, Any] | None = None
     if split:
-        codec = model.codec()
+        codec = split_codec(model)
         np.savez(writer.path("codec.npz"), **{k: np.asarray(v) for k, v in codec.to_arrays().items()})
         latent = [int(d) for d in ref.symbols.shape[1:]]  # type: ignore[union-attr]
         codec_entry = {"id": str(codec.codec_id), "file": "codec.npz", "latent_shape": latent}

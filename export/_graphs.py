@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from edgesplit.errors import ExportError
+from edgesplit.interfaces import EntropyCodec, Exportable, SplitModel
 from edgesplit.preprocess import Preprocess
 
 from .qdq import ONNX_TRANSLATIONS
 
 __all__ = ["OPSET", "MAX_BATCH", "GraphSpec", "graph_specs", "export_onnx", "exact_nodes", "io_spec",
-           "has_own_qdq", "is_split"]
+           "has_own_qdq", "is_split", "split_codec"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,19 @@ WEIGHTED_ONNX_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def is_split(model: nn.Module) -> bool:
-    return callable(getattr(model, "encode_symbols", None)) and callable(getattr(model, "decode_symbols", None))
+    """Whether ``model`` exports as two graphs (``edgesplit.interfaces.SplitModel``) rather than one."""
+    return isinstance(model, SplitModel)
+
+
+def split_codec(model: SplitModel) -> EntropyCodec:
+    """The split model's ``codec()``, checked against ``edgesplit.interfaces.EntropyCodec`` before its tables are
+    written into a bundle."""
+    codec = model.codec()
+    if not isinstance(codec, EntropyCodec):
+        raise ExportError(f"{type(model).__name__}.codec() returned {type(codec).__name__}, which is not an "
+                          "edgesplit.interfaces.EntropyCodec (encode, decode, information_bits, to_arrays, "
+                          "from_arrays, codec_id, num_channels)")
+    return codec
 
 
 class _Normalize(nn.Module):
@@ -71,7 +84,7 @@ class _FullGraph(nn.Module):
 class _EncoderGraph(nn.Module):
     """image (uint8 NHWC) -> int32 symbols (rounding around the medians inside the student's encode_symbols)."""
 
-    def __init__(self, spec: Preprocess, student: nn.Module) -> None:
+    def __init__(self, spec: Preprocess, student: SplitModel) -> None:
         super().__init__()
         self.normalize = _Normalize(spec)
         self.student = student
@@ -83,7 +96,7 @@ class _EncoderGraph(nn.Module):
 class _DecoderGraph(nn.Module):
     """int32 symbols -> float32 logits (dequantize + median inside the student's decode_symbols)."""
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, student: SplitModel) -> None:
         super().__init__()
         self.student = student
 
@@ -133,8 +146,7 @@ class GraphSpec:
 def _core(model: nn.Module) -> nn.Module:
     """What to trace for a full model: its ``export_module()`` (e.g. a QAT student whose fake quantizers use
     ``edgesplit.plugins.quant.qdq.fake_quant``, exported as Q/DQ pairs with the learned scales) or the model itself."""
-    hook = getattr(model, "export_module", None)
-    return hook() if callable(hook) else model
+    return model.export_module() if isinstance(model, Exportable) else model
 
 
 def graph_specs(model: nn.Module, spec: Preprocess, *, half: bool = False) -> list[GraphSpec]:
@@ -148,6 +160,10 @@ def graph_specs(model: nn.Module, spec: Preprocess, *, half: bool = False) -> li
     student = _half_split_student(model) if half else model
     with torch.no_grad():
         symbols = model.encode_symbols(torch.zeros(2, 3, size, size)).to(torch.int32)
+    latent = tuple(model.latent_shape(size, size))
+    if tuple(symbols.shape[1:]) != latent:
+        raise ExportError(f"{type(model).__name__}: encode_symbols gives symbols of shape {tuple(symbols.shape[1:])} "
+                          f"for a {size}x{size} image, but latent_shape({size}, {size}) says {latent}")
     return [GraphSpec("encoder", _EncoderGraph(spec, student).eval(), image, "image", "symbols"),
             GraphSpec("decoder", _DecoderGraph(student).eval(), symbols, "symbols", "logits")]
 

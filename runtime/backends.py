@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgesplit.errors import BackendUnavailable, BundleError, ConfigError, DataError, EdgesplitError
+from edgesplit.errors import BackendUnavailable, BundleError, ConfigError, DataError, EdgesplitError, PluginError
+from edgesplit.interfaces import BackendSession
 from edgesplit.registry import get, register
 
 from . import binary_graph
@@ -44,7 +45,7 @@ def _check_threads(threads: int | None, backend: str) -> None:
 
 
 class Session:
-    """One graph opened by one backend on one device.
+    """One graph opened by one backend on one device: the first-party ``edgesplit.interfaces.BackendSession``.
 
     ``run({name: array}) -> {name: array}``. Inputs are checked against the graph (names, dtype, rank, fixed dims)
     before the backend sees them, so a wrong input is a ``DataError`` naming the input, not a runtime trace.
@@ -538,23 +539,28 @@ def _check_builder(backend: str, builder: Any, where: str) -> None:
 
 def open_session(backend: str, path: str | Path, device: str = "cpu", threads: int | None = None, *,
                  weights: str | Path | None = None, options: Mapping[str, Any] | None = None,
-                 builder: str | None = None) -> Session:
+                 builder: str | None = None) -> BackendSession:
     """Open graph ``path`` with ``backend`` (a registered name) on ``device``.
 
-    Raises ``PluginError`` for an unknown backend name, ``BackendUnavailable`` when the backend or device is
-    missing (with the extra to install), ``BundleError`` when the file cannot be read as a model.
+    Raises ``PluginError`` for an unknown backend name or a backend whose session is not a ``BackendSession``,
+    ``BackendUnavailable`` when the backend or device is missing (with the extra to install), ``BundleError`` when
+    the file cannot be read as a model.
     ``options`` are backend-specific (ONNX Runtime session config entries, OpenVINO compile properties).
     ``builder``: ``path`` is not a graph but what one of ``BUILDERS[backend]`` builds a graph from in memory.
     """
     factory = _factory(backend)
     _check_builder(backend, builder, str(path))
     extra = {} if builder is None else {"builder": builder}  # only builder-aware backends take the argument
-    return factory(Path(path), device=device, threads=threads, weights=weights,  # type: ignore[no-any-return]
-                   options=options, **extra)
+    session = factory(Path(path), device=device, threads=threads, weights=weights, options=options, **extra)
+    if not isinstance(session, BackendSession):
+        raise PluginError(f"backend {backend!r} opened {path} as {type(session).__name__}, which is not an "
+                          "edgesplit.interfaces.BackendSession (run, info, close, input_names, output_names, "
+                          "input_shapes, backend, device, threads, max_batch); fix the backend plugin")
+    return session
 
 
 def open_part(bundle: Any, part: str, backend: str, device: str = "cpu", threads: int | None = None, *,
-              options: Mapping[str, Any] | None = None) -> Session:
+              options: Mapping[str, Any] | None = None) -> BackendSession:
     """Open ``part`` of an opened ``Bundle`` with ``backend``: its model file plus OpenVINO's weights if any, or
     the file its ``builder`` makes a graph from (``BUILDERS``; an unknown builder is a ``BundleError``).
 

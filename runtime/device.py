@@ -17,9 +17,10 @@ from PIL import Image
 from edgesplit import bitstream
 from edgesplit.bundle import Bundle
 from edgesplit.errors import BundleError, ConfigError, DataError
+from edgesplit.interfaces import BackendSession
 from edgesplit.preprocess import ImageInput, eval_crop
 
-from .backends import Session, open_part
+from .backends import open_part
 
 __all__ = ["Prediction", "DeviceEncoder", "DeviceModel", "predictions_from_logits", "as_bundle"]
 
@@ -95,7 +96,7 @@ def _one_image(image: ImageInput, method: str, batch_method: str) -> ImageInput:
 class _SessionInfo:
     """What a backend session actually runs on, read back from it (shared by the device and server classes)."""
 
-    session: Session
+    session: BackendSession
 
     @property
     def backend(self) -> str:
@@ -117,7 +118,7 @@ class _Runner(_SessionInfo):
     part = ""
     output = ""
 
-    def __init__(self, bundle: Bundle, session: Session) -> None:
+    def __init__(self, bundle: Bundle, session: BackendSession) -> None:
         self.bundle = bundle
         self.session = session
         self.preprocess_spec = bundle.preprocess
@@ -135,7 +136,7 @@ class _Runner(_SessionInfo):
 
     @classmethod
     def _open_session(cls, bundle: Bundle | str | Path, backend: str, device: str, threads: int | None,
-                      options: Mapping[str, Any] | None) -> tuple[Bundle, Session]:
+                      options: Mapping[str, Any] | None) -> tuple[Bundle, BackendSession]:
         opened = as_bundle(bundle)
         _require_kind(opened, cls.kind, cls.__name__)
         return opened, open_part(opened, cls.part, backend, device=device, threads=threads, options=options)
@@ -195,7 +196,7 @@ class DeviceEncoder(_Runner):
 
     kind, part, output = "split", "encoder", "symbols"
 
-    def __init__(self, bundle: Bundle, session: Session) -> None:
+    def __init__(self, bundle: Bundle, session: BackendSession) -> None:
         super().__init__(bundle, session)
         self.latent_shape = bundle.latent_shape
         self.codec = bundle.codec()  # in the layout the manifest's codec.id names
@@ -250,7 +251,7 @@ class DeviceModel(_Runner):
 
     kind, part, output = "full", "model", "logits"
 
-    def __init__(self, bundle: Bundle, session: Session, top_k: int = DEFAULT_TOP_K) -> None:
+    def __init__(self, bundle: Bundle, session: BackendSession, top_k: int = DEFAULT_TOP_K) -> None:
         super().__init__(bundle, session)
         self.top_k = _check_top_k(top_k)
 

@@ -17,8 +17,9 @@ from edgesplit import bitstream
 from edgesplit.bitstream import Frame
 from edgesplit.bundle import Bundle
 from edgesplit.errors import BitstreamError, BundleError
+from edgesplit.interfaces import BackendSession
 
-from .backends import Session, open_part
+from .backends import open_part
 from .device import (DEFAULT_TOP_K, Prediction, _check_top_k, _ms, _require_kind, _SessionInfo, as_bundle,
                      predictions_from_logits)
 
@@ -40,7 +41,7 @@ class ServerDecoder(_SessionInfo):
     postprocess and total milliseconds of the last call.
     """
 
-    def __init__(self, bundle: Bundle, session: Session, top_k: int = DEFAULT_TOP_K) -> None:
+    def __init__(self, bundle: Bundle, session: BackendSession, top_k: int = DEFAULT_TOP_K) -> None:
         _require_kind(bundle, "split", type(self).__name__)
         self.bundle = bundle
         self.session = session

@@ -11,7 +11,8 @@ import pytest
 
 MODULES = ["edgesplit", "edgesplit.errors", "edgesplit.registry", "edgesplit.config", "edgesplit.codec",
            "edgesplit.bitstream", "edgesplit.preprocess", "edgesplit.data", "edgesplit.cli", "edgesplit.runtime",
-           "edgesplit.runtime.backends", "edgesplit.runtime.binary_graph", "edgesplit.binary_net"]
+           "edgesplit.runtime.backends", "edgesplit.runtime.binary_graph", "edgesplit.binary_net",
+           "edgesplit.interfaces", "edgesplit.checkpoint"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -44,15 +44,28 @@ class ClassifierHead(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``stem``, ``stage1``..``stage4`` and ``head`` and ``stage_channels``."""
+    """Base class of the first-party teachers (``edgesplit.interfaces.Teacher``): subclasses set ``stem``,
+    ``stage1``..``stage4`` and ``head`` (a ``ClassifierHead``), ``stage_channels`` and ``stage_strides``."""
 
     stage_names: tuple[str, ...] = STAGES
     stage_channels: dict[str, int]
+    stage_strides: dict[str, int]
 
     def stage(self, name: str) -> nn.Module:
         if name not in self.stage_names:
             raise KeyError(f"unknown stage {name!r}; stages are {', '.join(self.stage_names)}")
         return getattr(self, name)
+
+    def replace_stage(self, name: str, module: nn.Module) -> None:
+        """Put ``module`` in place of stage ``name`` (a split student drops the stages it cuts off)."""
+        self.stage(name)
+        setattr(self, name, module)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The head's output size (None when the head is not a linear classifier)."""
+        fc = getattr(getattr(self, "head", None), "fc", None)
+        return int(fc.out_features) if isinstance(fc, nn.Linear) else None
 
     def stages_between(self, after: str | None, until: str | None) -> list[str]:
         """Names of the stages strictly after ``after`` up to and including ``until`` (None: the ends)."""
@@ -67,7 +80,7 @@ class Backbone(nn.Module):
         keep = set(keep)
         kept: dict[str, torch.Tensor] = {}
         for name in self.stages_between(after, until):
-            x = getattr(self, name)(x)
+            x = self.stage(name)(x)
             if name in keep:
                 kept[name] = x
         return x, kept
@@ -77,7 +90,7 @@ class Backbone(nn.Module):
 
     def num_params(self, stages: Iterable[str] | None = None) -> int:
         names = self.stage_names if stages is None else list(stages)
-        return sum(p.numel() for n in names for p in getattr(self, n).parameters())
+        return sum(p.numel() for n in names for p in self.stage(n).parameters())
 
 
 def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:

@@ -18,7 +18,8 @@ from torch import nn
 from edgesplit.checkpoint import load
 from edgesplit.codec import FactorizedCodec
 from edgesplit.errors import ConfigError
-from edgesplit.plugins.backbones import Backbone, count_macs
+from edgesplit.interfaces import Teacher
+from edgesplit.plugins.backbones import count_macs
 from edgesplit.registry import register
 
 from .bottleneck import EntropyBottleneck
@@ -96,15 +97,16 @@ class SplitStudent(nn.Module):
     and trains the decoder and the ``tune_tail`` stages with KD + CE on the final logits.
     """
 
-    def __init__(self, teacher: Backbone, cut: str = "stage2", bottleneck_channels: int = 24,
+    def __init__(self, teacher: nn.Module, cut: str = "stage2", bottleneck_channels: int = 24,
                  encoder_channels: int = 96, decoder_channels: int = 128, encoder_layers: int = 3,
                  tune_tail: Iterable[str] = (), latent_stride: int | None = None) -> None:
         super().__init__()
-        strides = getattr(teacher, "stage_strides", None)
-        channels = getattr(teacher, "stage_channels", None)
-        if not isinstance(teacher, Backbone) or strides is None or channels is None:
-            raise ConfigError(f"the teacher must be a Backbone with stage_channels and stage_strides, "
-                              f"got {type(teacher).__name__}")
+        if not isinstance(teacher, nn.Module) or not isinstance(teacher, Teacher):
+            raise ConfigError(f"the teacher must be a torch module with named stages (edgesplit.interfaces.Teacher: "
+                              f"stage_names, stage_channels, stage_strides, forward_stages, ...), got "
+                              f"{type(teacher).__name__}; wrap your own network with "
+                              f"edgesplit.plugins.backbones.wrap_module")
+        strides, channels = teacher.stage_strides, teacher.stage_channels
         cuttable = [s for s in teacher.stage_names if s in strides and s in channels and s != "head"]
         if cut not in cuttable:
             raise ConfigError(f"cut {cut!r} is not a stage of the teacher; choose one of {', '.join(cuttable)}")
@@ -157,9 +159,9 @@ class SplitStudent(nn.Module):
         # The teacher's stages up to the cut are not part of the student; kept unregistered (not trained, not
         # saved) only to report the teacher's cost in macs_report.
         front = teacher.stages_between(None, cut)
-        self._teacher_front: dict[str, nn.Module] = {name: getattr(teacher, name) for name in front}
+        self._teacher_front: dict[str, nn.Module] = {name: teacher.stage(name) for name in front}
         for name in front:
-            setattr(teacher, name, nn.Identity())
+            teacher.replace_stage(name, nn.Identity())
         self.tail = teacher
         self.tail.requires_grad_(False)
         self.tail.eval()
@@ -172,7 +174,7 @@ class SplitStudent(nn.Module):
         if bad:
             raise ConfigError(f"tune_tail: {bad} are not stages after the cut {cut!r}; choose from {', '.join(tunable)}")
         for name in self.tune_tail:
-            getattr(self.tail, name).requires_grad_(True)
+            self.tail.stage(name).requires_grad_(True)
         self.stage_channels = {cut: cut_channels, **{s: int(channels[s]) for s in self.tail_stages}}
         self.stage_strides = {cut: int(strides[cut]), **{s: int(strides[s]) for s in self.tail_stages}}
         self.recipe_params: dict[str, Any] = {}  # filled by the registered factory: what rebuilds this model
@@ -182,13 +184,14 @@ class SplitStudent(nn.Module):
         super().train(mode)
         self.tail.eval()  # the teacher's BatchNorm statistics are part of the (unsaved) tail: never update them
         for name in self.tune_tail:
-            getattr(self.tail, name).train(mode)
+            self.tail.stage(name).train(mode)
         return self
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
         """Encoder, bottleneck, decoder and ``tune_tail`` weights; the rest of the tail is rebuilt from the teacher
         checkpoint."""
-        tuned = tuple(f"tail.{name}." for name in self.tune_tail)
+        paths = {id(m): path for path, m in self.tail.named_modules()}
+        tuned = tuple(f"tail.{paths[id(self.tail.stage(name))]}." for name in self.tune_tail)
         return {k: v for k, v in self.state_dict().items() if not k.startswith("tail.") or k.startswith(tuned)}
 
     def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -327,14 +330,14 @@ class ServerGraph(nn.Module):
 class _TeacherView(nn.Module):
     """The whole teacher again (its front stages plus the tail), for counting its cost."""
 
-    def __init__(self, front: dict[str, nn.Module], tail: Backbone) -> None:
+    def __init__(self, front: dict[str, nn.Module], tail: nn.Module) -> None:
         super().__init__()
-        self.front = nn.ModuleDict(front)
+        self.front = nn.ModuleList(front.values())  # a list: stage names may be dotted submodule paths
         self.tail = tail
         self.after = list(front)[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in self.front.values():
+        for m in self.front:
             x = m(x)
         return self.tail.forward_stages(x, after=self.after)[0]
 
@@ -376,10 +379,10 @@ def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, e
         raise ConfigError(f"{teacher}: teacher checkpoint has sha256 {digest}, but the student recipe expects "
                           f"{teacher_sha256}; use the teacher this student was trained with, or retrain the student")
     model = load(teacher)
-    if not isinstance(model, Backbone):
-        raise ConfigError(f"{teacher}: the teacher must be a backbone checkpoint, got {type(model).__name__}")
-    fc = getattr(getattr(model, "head", None), "fc", None)
-    classes = int(fc.out_features) if isinstance(fc, nn.Linear) else None
+    if not isinstance(model, Teacher):
+        raise ConfigError(f"{teacher}: the teacher must be a backbone checkpoint (a model with named stages), got "
+                          f"{type(model).__name__}")
+    classes = model.num_classes
     if num_classes is not None and classes is not None and num_classes != classes:
         raise ConfigError(f"{teacher}: the teacher predicts {classes} classes, params.num_classes is {num_classes}")
     student = SplitStudent(model, cut=cut, bottleneck_channels=bottleneck_channels,

@@ -16,6 +16,7 @@ from PIL import Image
 
 from edgesplit.data import ImageFolder, stratified_split
 from edgesplit.errors import ConfigError, DataError
+from edgesplit.interfaces import SplitModel
 from edgesplit.preprocess import Preprocess, eval_crop
 
 from .checkpoint import load
@@ -100,7 +101,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None
     idx = select_indices(dataset, split, info, limit)
     if len(idx) == 0:
         raise DataError(f"{data}: no images selected")
-    is_split = hasattr(model, "encode_symbols")
+    is_split = isinstance(model, SplitModel)
     codec = model.codec() if is_split else None  # type: ignore[operator]
     fingerprint = file_fingerprint(path)
     correct, n, input_bytes, payload_bytes, info_bits = 0, 0, [], [], []

@@ -7,6 +7,7 @@ half a bundle; opening verifies every file's sha256 and refuses paths that escap
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import BundleError
+from ._yaml import load_bounded, short
+from .errors import BundleError, ConfigError
 from .preprocess import Preprocess
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "KINDS", "Bundle", "BundleWriter", "sha256_file"]
@@ -27,6 +29,8 @@ MANIFEST = "manifest.yaml"
 KINDS = ("split", "full")
 PARTS = {"split": ("encoder", "decoder"), "full": ("model",)}
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_LATENT_SIDE = 1 << 16
+MAX_LATENT_ELEMENTS = 1 << 24  # symbols per payload; a student sends a few thousand
 
 
 def sha256_file(path: Path) -> str:
@@ -40,14 +44,159 @@ def sha256_file(path: Path) -> str:
 def _confined(root: Path, rel: Any, what: str) -> Path:
     """``root/rel`` if ``rel`` is a plain relative path that stays inside ``root``; else ``BundleError``."""
     if not isinstance(rel, str) or not rel:
-        raise BundleError(f"{root}: {what}: expected a relative file path, got {rel!r}")
+        raise BundleError(f"{root}: {what}: expected a relative file path, got {short(rel)}")
     pure = PurePosixPath(rel)
     if pure.is_absolute() or ".." in pure.parts or "\\" in rel or rel.startswith("~"):
-        raise BundleError(f"{root}: {what}: path {rel!r} escapes the bundle (only paths inside it are allowed)")
+        raise BundleError(f"{root}: {what}: path {short(rel)} escapes the bundle (only paths inside it are allowed)")
     full = (root / pure).resolve()
     if not full.is_relative_to(root.resolve()):
-        raise BundleError(f"{root}: {what}: path {rel!r} resolves outside the bundle (symbolic link?)")
+        raise BundleError(f"{root}: {what}: path {short(rel)} resolves outside the bundle (symbolic link?)")
     return full
+
+
+# -- manifest schema -------------------------------------------------------------------------------------------
+# One check per key, run when a bundle is opened, so the accessors below can trust the manifest's shape. Each
+# check gets the value and its key path; optional keys are checked only when present.
+
+def _fail(mpath: Path, where: str, expected: str, value: Any) -> BundleError:
+    return BundleError(f"{mpath}: {where}: expected {expected}, got {short(value)}; re-export the bundle")
+
+
+def _key(key: Any) -> str:
+    """A manifest key as it appears in a key path (quoted only when it is not a short string)."""
+    return key if isinstance(key, str) and len(key) <= 60 else short(key)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_version(mpath: Path, value: Any) -> None:
+    if not _int(value) or value != FORMAT_VERSION:
+        raise BundleError(f"{mpath}: bundle format_version {short(value)}; this edgesplit reads {FORMAT_VERSION} "
+                          "(re-export the bundle with this version)")
+
+
+def _check_kind(mpath: Path, value: Any) -> None:
+    if not isinstance(value, str) or value not in KINDS:
+        raise BundleError(f"{mpath}: kind {short(value)} is not one of {', '.join(KINDS)}")
+
+
+def _check_fingerprint(mpath: Path, value: Any) -> None:
+    if not isinstance(value, str) or len(value) != 16 or any(c not in "0123456789abcdef" for c in value):
+        raise _fail(mpath, "fingerprint", "16 lowercase hex digits", value)
+
+
+def _check_name(mpath: Path, value: Any) -> None:
+    if not isinstance(value, str):
+        raise _fail(mpath, "name", "a string", value)
+
+
+def _check_labels(mpath: Path, value: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise _fail(mpath, "labels", "a non-empty list of class names", value)
+    bad = next((i for i, label in enumerate(value) if not isinstance(label, str) or not label), None)
+    if bad is not None:
+        raise _fail(mpath, f"labels[{bad}]", "a non-empty string", value[bad])
+
+
+def _check_input(mpath: Path, value: Any) -> None:
+    if not isinstance(value, dict) or "preprocess" not in value:
+        raise _fail(mpath, "input", "a mapping with a 'preprocess' entry", value)
+    try:
+        Preprocess.from_dict(value["preprocess"], where="input.preprocess")
+    except ConfigError as exc:
+        raise BundleError(f"{mpath}: {exc}; re-export the bundle") from exc
+
+
+def _check_files(mpath: Path, value: Any) -> None:
+    if not isinstance(value, dict) or not value:
+        raise _fail(mpath, "files", "a mapping of file paths to sha256 digests", value)
+    for rel, digest in value.items():
+        if not isinstance(rel, str) or not rel:
+            raise _fail(mpath, "files", "file paths as keys", rel)
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise _fail(mpath, f"files[{_key(rel)}]", "a sha256 digest (64 lowercase hex digits)", digest)
+
+
+def _check_parts(mpath: Path, value: Any, kind: str, files: dict[str, Any]) -> None:
+    if not isinstance(value, dict) or not value:
+        raise _fail(mpath, "parts", f"a mapping of parts ({', '.join(PARTS[kind])}) to backends", value)
+    for part, backends in value.items():
+        if part not in PARTS[kind]:
+            raise _fail(mpath, "parts", f"parts of a {kind} bundle ({', '.join(PARTS[kind])})", part)
+        if not isinstance(backends, dict):
+            raise _fail(mpath, f"parts.{part}", "a mapping of backends to files", backends)
+        for backend, entry in backends.items():
+            where = f"parts.{part}.{_key(backend)}"
+            if not isinstance(backend, str):
+                raise _fail(mpath, f"parts.{part}", "backend names as keys", backend)
+            if entry is not None and not isinstance(entry, dict):
+                raise _fail(mpath, where, "a mapping of keys ('model', 'weights', ...) to files", entry)
+            for key, rel in (entry or {}).items():
+                if key == "builder":  # a graph built in memory from the entry's files (the runtime knows which)
+                    if not isinstance(rel, str) or not rel:
+                        raise _fail(mpath, f"{where}.builder", "a builder name", rel)
+                    continue
+                if not isinstance(key, str) or not isinstance(rel, str) or rel not in files:
+                    raise _fail(mpath, f"{where}.{_key(key)}", "a file listed in 'files'", rel)
+
+
+def _check_codec(mpath: Path, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _fail(mpath, "codec", "a mapping with 'file', 'id' and 'latent_shape'", value)
+    if not isinstance(value.get("file"), str) or not value["file"]:
+        raise _fail(mpath, "codec.file", "the path of the tables file", value.get("file"))
+    if "id" in value and not isinstance(value["id"], str):
+        raise _fail(mpath, "codec.id", "a codec id string", value["id"])
+    shape = value.get("latent_shape")
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(_int(d) and 1 <= d <= MAX_LATENT_SIDE for d in shape)
+            or math.prod(shape) > MAX_LATENT_ELEMENTS):
+        raise _fail(mpath, "codec.latent_shape", f"3 positive integers (C, H, W), at most {MAX_LATENT_ELEMENTS} "
+                                                 "elements", shape)
+
+
+def _check_mapping(key: str) -> Any:
+    def check(mpath: Path, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise _fail(mpath, key, "a mapping", value)
+    return check
+
+
+def _check_train_split(mpath: Path, value: Any) -> None:
+    fraction, seed = (value.get("val_fraction"), value.get("seed")) if isinstance(value, dict) else (None, None)
+    if (not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction < 1
+            or not _int(seed)):
+        raise _fail(mpath, "train_split", "{val_fraction: a number in (0, 1), seed: an integer}", value)
+
+
+# Keys every manifest has, and the optional keys that the runtime reads (others are informational).
+_REQUIRED = {"format_version": _check_version, "kind": _check_kind, "fingerprint": _check_fingerprint,
+             "labels": _check_labels, "input": _check_input, "files": _check_files}
+_OPTIONAL = {"name": _check_name, "runtime": _check_mapping("runtime"), "train_split": _check_train_split}
+
+
+def _check_manifest(mpath: Path, manifest: Any) -> None:
+    """``BundleError`` naming the first key of ``manifest`` that does not have the shape the runtime reads."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath}: the manifest must be a mapping of keys to values")
+    if "format_version" not in manifest:
+        raise BundleError(f"{mpath}: required key 'format_version' is missing")
+    _check_version(mpath, manifest["format_version"])
+    for key in (*_REQUIRED, "parts"):
+        if key not in manifest:
+            raise BundleError(f"{mpath}: required key {key!r} is missing")
+    for key, check in _REQUIRED.items():
+        check(mpath, manifest[key])
+    for key, check in _OPTIONAL.items():
+        if key in manifest:
+            check(mpath, manifest[key])
+    kind = manifest["kind"]
+    _check_parts(mpath, manifest["parts"], kind, manifest["files"])
+    if kind == "split":
+        if "codec" not in manifest:
+            raise BundleError(f"{mpath}: a split bundle needs a 'codec' entry (tables file, id, latent_shape)")
+        _check_codec(mpath, manifest["codec"])
 
 
 @dataclass(frozen=True)
@@ -60,54 +209,23 @@ class Bundle:
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True) -> "Bundle":
         root = Path(path)
-        mpath = root / MANIFEST
         if not root.is_dir():
             raise BundleError(f"{root}: not a bundle directory")
+        mpath = root / MANIFEST
         if not mpath.is_file():
             raise BundleError(f"{root}: {MANIFEST} is missing (is this an edgesplit bundle?)")
-        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{mpath}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
-        try:
-            manifest = yaml.safe_load(mpath.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{mpath}: not valid YAML: {exc}") from exc
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{mpath}: the manifest must be a mapping")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(f"{mpath}: bundle format_version {version!r}; this edgesplit reads {FORMAT_VERSION} "
-                              "(re-export the bundle with this version)")
-        for key in ("kind", "fingerprint", "labels", "input", "files", "parts"):
-            if key not in manifest:
-                raise BundleError(f"{mpath}: required key {key!r} is missing")
-        if manifest["kind"] not in KINDS:
-            raise BundleError(f"{mpath}: kind {manifest['kind']!r} is not one of {', '.join(KINDS)}")
-        fp = manifest["fingerprint"]
-        if not isinstance(fp, str) or len(fp) != 16 or any(c not in "0123456789abcdef" for c in fp):
-            raise BundleError(f"{mpath}: fingerprint must be 16 lowercase hex digits, got {fp!r}")
+        _confined(root, MANIFEST, "manifest")  # a symbolic link out of the bundle is refused like any other path
+        manifest = load_bounded(mpath, BundleError, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
+        _check_manifest(mpath, manifest)
         files = manifest["files"]
-        if not isinstance(files, dict) or not files:
-            raise BundleError(f"{mpath}: 'files' must map file paths to sha256 digests")
         bundle = cls(root, manifest)
         for rel, digest in files.items():
             full = _confined(root, rel, "files")
             if not full.is_file():
-                raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
+                raise BundleError(f"{root}: file {short(rel)} listed in the manifest is missing")
             if verify and sha256_file(full) != digest:
-                raise BundleError(f"{root}: file {rel} does not match its sha256 in the manifest (modified or corrupt)")
-        for part, backends in manifest["parts"].items():
-            if not isinstance(backends, dict):
-                raise BundleError(f"{mpath}: parts.{part} must map backends to files")
-            for backend, entry in backends.items():
-                if entry is not None and not isinstance(entry, dict):
-                    raise BundleError(f"{mpath}: parts.{part}.{backend} must map keys to files")
-                for key, rel in (entry or {}).items():
-                    if key == "builder":  # a graph built in memory from the entry's files (the runtime knows which)
-                        if not isinstance(rel, str) or not rel:
-                            raise BundleError(f"{mpath}: parts.{part}.{backend}.builder must be a name, got {rel!r}")
-                        continue
-                    if isinstance(rel, str) and rel not in files:
-                        raise BundleError(f"{mpath}: parts.{part}.{backend} names {rel!r}, which is not in 'files'")
+                raise BundleError(f"{root}: file {short(rel)} does not match its sha256 in the manifest "
+                                  "(modified or corrupt)")
         return bundle
 
     # -- accessors ----------------------------------------------------------------------------------------
@@ -147,7 +265,7 @@ class Bundle:
         if backend not in entry:
             raise BundleError(f"{self.path}: part {part!r} was not exported for backend {backend!r} "
                               f"(available: {', '.join(sorted(entry)) or 'none'}); re-export with --format {backend}")
-        rel = entry[backend].get(key)
+        rel = (entry[backend] or {}).get(key)
         if rel is None:
             raise BundleError(f"{self.path}: part {part!r} for {backend!r} has no {key!r} file")
         return _confined(self.path, rel, f"parts.{part}.{backend}.{key}")
@@ -163,7 +281,7 @@ class Bundle:
         codec_id = entry.get("id", LEGACY_CODEC_ID)  # bundles name it; a manifest without one predates v2
         if codec_id not in CODEC_IDS:
             raise BundleError(
-                f"{self.path}: manifest codec.id {codec_id!r} is not one this edgesplit decodes "
+                f"{self.path}: manifest codec.id {short(codec_id)} is not one this edgesplit decodes "
                 f"({', '.join(CODEC_IDS)}); upgrade edgesplit"
             )
         try:

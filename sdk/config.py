@@ -32,16 +32,12 @@ T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load``; a missing file or bad YAML is a ``ConfigError``."""
+    """Read a YAML mapping with ``yaml.safe_load`` rules, bounded (size, depth, no anchors or aliases); a missing
+    file, bytes that are not UTF-8 or bad YAML is a ``ConfigError``."""
+    from ._yaml import load_bounded  # bounded: size, nesting depth, no anchors or aliases
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config file ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    data = load_bounded(p, ConfigError, what="config file")
     if data is None:
         data = {}
     if not isinstance(data, dict):

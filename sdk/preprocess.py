@@ -44,14 +44,49 @@ class Preprocess:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        try:
-            return cls(
-                size=int(d["size"]), resize=int(d["resize"]), mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in d["std"]), interpolation=str(d.get("interpolation", "bilinear")),  # type: ignore[arg-type]
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid preprocessing spec {d!r}: {exc}") from exc
+    def from_dict(cls, d: Any, where: str = "preprocess") -> "Preprocess":
+        """A spec from its ``to_dict()`` form; a missing key or a bad value is a ``ConfigError`` naming
+        ``where.<key>``."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a mapping with size, resize, mean and std, got "
+                              f"{type(d).__name__}")
+        missing = [k for k in ("size", "resize", "mean", "std") if k not in d]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)} (expected size, resize, mean, std and "
+                              "optionally interpolation)")
+        size, resize = _side(d["size"], f"{where}.size"), _side(d["resize"], f"{where}.resize")
+        if resize < size:
+            raise ConfigError(f"{where}: resize {resize} is smaller than the crop size {size}; resize must be >= size")
+        interpolation = d.get("interpolation", "bilinear")
+        if not isinstance(interpolation, str) or interpolation not in _RESAMPLE:
+            raise ConfigError(f"{where}.interpolation: {_short(interpolation)} is not one of "
+                              f"{', '.join(_RESAMPLE)}")
+        return cls(size=size, resize=resize, mean=_triple(d["mean"], f"{where}.mean", positive=False),
+                   std=_triple(d["std"], f"{where}.std", positive=True), interpolation=interpolation)
+
+
+MAX_SIDE = 8192  # pixels; far above any model input
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _side(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+        raise ConfigError(f"{where}: expected an integer number of pixels in 1..{MAX_SIDE}, got {_short(value)}")
+    return value
+
+
+def _triple(value: Any, where: str, *, positive: bool) -> tuple[float, float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in value)
+    if not ok:
+        kind = "positive " if positive else ""
+        raise ConfigError(f"{where}: expected 3 finite {kind}numbers (one per RGB channel), got {_short(value)}")
+    return (float(value[0]), float(value[1]), float(value[2]))
 
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

@@ -6,6 +6,7 @@ Every problem is a ``ConfigError`` naming the file and the key path (``losses[1]
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -180,6 +183,9 @@ class DataConfig:
     cutmix: float = 0.0  # likewise for CutMix; with both on, each batch uses one of the two
     on_error: Literal["raise", "skip"] = "raise"
     limit_per_class: int | None = None
+    workers: int | None = None  # threads that decode and augment batches ahead of the step; None = the CPU count
+    prefetch: int = 4  # batches prepared ahead of the step
+    augment: bool = True  # false: deterministic center crops at the training size (teacher outputs cacheable)
 
     def validate(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -188,6 +194,10 @@ class DataConfig:
             raise ConfigError("data.image_size must be at least 16")
         if not 0.0 < self.scale_min <= 1.0:
             raise ConfigError("data.scale_min must be in (0, 1]")
+        if self.workers is not None and not 0 <= self.workers <= 64:
+            raise ConfigError(f"data.workers must be between 0 (inline) and 64, got {self.workers}")
+        if not 1 <= self.prefetch <= 64:
+            raise ConfigError(f"data.prefetch must be between 1 and 64 batches, got {self.prefetch}")
         for key in ("mixup", "cutmix"):
             if not 0.0 <= getattr(self, key) <= 100.0:
                 raise ConfigError(f"data.{key} must be a Beta distribution's alpha between 0 (off) and 100 "
@@ -239,8 +249,11 @@ class TrainConfig:
     teacher: str | None = None  # checkpoint path
     init: str | None = None  # checkpoint to start from (e.g. stage 2 from stage 1)
     freeze: list[str] = dataclasses.field(default_factory=list)  # module-name prefixes kept frozen
-    threads: int | None = None
+    threads: int | None = None  # torch CPU threads per process; None = the CPU count / processes on this machine
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto = bf16 where the hardware has it
     channels_last: bool = True
+    teacher_cache: bool = False  # keep the teacher's outputs per image (needs data.augment: false)
     grad_clip: float | None = None
     log_every: int = 20
 
@@ -249,6 +262,16 @@ class TrainConfig:
             raise ConfigError("epochs must be at least 1")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device[:40]!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.teacher_cache:
+            random_parts = [k for k, on in (("data.augment", self.data.augment), ("data.mixup", self.data.mixup > 0),
+                                             ("data.cutmix", self.data.cutmix > 0)) if on]
+            if random_parts:
+                raise ConfigError(f"teacher_cache: the teacher's targets change with {', '.join(random_parts)}; "
+                                  "cache them only with data.augment: false and no mixing")
         if not self.losses:
             raise ConfigError("losses must name at least one loss")
 

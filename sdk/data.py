@@ -6,9 +6,12 @@ Torch-free; the training engine turns the uint8 batches into tensors.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -16,7 +19,7 @@ from PIL import Image
 from .errors import DataError
 from .preprocess import Preprocess, eval_crop, load_image, random_resized_crop
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "stratified_split", "ImageCache"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "stratified_split", "ImageCache", "BatchStream", "shard_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +102,35 @@ class ImageCache:
 
     Every file is decoded up front, so a corrupt image is reported by path before training starts, not halfway
     through an epoch: ``on_error="raise"`` lists them all in one ``DataError``, ``"skip"`` drops them with a warning.
+    ``workers`` threads decode in parallel (Pillow releases the GIL while decoding).
     """
 
     def __init__(self, dataset: ImageFolder, indices: Sequence[int], on_error: str = "raise",
-                 max_side: int | None = None):
+                 max_side: int | None = None, workers: int = 0):
         self.dataset = dataset
-        images: list[Image.Image] = []
-        labels: list[int] = []
-        bad: list[str] = []
-        for i in indices:
-            s = dataset.samples[int(i)]
+        samples = [dataset.samples[int(i)] for i in indices]
+
+        def decode(s: Sample) -> Image.Image | str:
             try:
                 img = load_image(s.path)
             except DataError as exc:
-                bad.append(str(exc))
-                continue
+                return str(exc)
             if max_side is not None and min(img.size) > max_side:
                 img.thumbnail((max_side * img.size[0] // min(img.size), max_side * img.size[1] // min(img.size)))
+            return img
+
+        if workers > 0 and len(samples) > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                decoded = list(pool.map(decode, samples, chunksize=32))
+        else:
+            decoded = [decode(s) for s in samples]
+        images: list[Image.Image] = []
+        labels: list[int] = []
+        bad: list[str] = []
+        for s, img in zip(samples, decoded):
+            if isinstance(img, str):
+                bad.append(img)
+                continue
             images.append(img)
             labels.append(s.label)
         if bad:
@@ -132,18 +147,103 @@ class ImageCache:
     def __len__(self) -> int:
         return len(self.images)
 
-    def train_batches(self, batch_size: int, size: int, rng: np.random.Generator, scale: tuple[float, float],
-                      hflip: bool = True, drop_last: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Shuffled augmented batches: (uint8 N x size x size x 3, int64 labels)."""
-        order = rng.permutation(len(self.images))
-        stop = len(order) - (len(order) % batch_size if drop_last else 0)
-        for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            x = np.stack([random_resized_crop(self.images[i], size, rng, scale=scale, hflip=hflip) for i in idx])
-            yield x, self.labels[idx]
+    def train_batches(self, batch_size: int, size: int, seed: int, epoch: int, scale: tuple[float, float],
+                      hflip: bool = True, augment: bool = True, rank: int = 0, world_size: int = 1,
+                      workers: int = 0, prefetch: int = 4, spec: Preprocess | None = None) -> "BatchStream":
+        """One epoch of shuffled training batches (uint8 N x size x size x 3, int64 labels, int64 image indices).
+
+        ``batch_size`` is the global batch: with ``world_size`` processes each rank gets its slice of every global
+        batch (:func:`shard_epoch`). Each image's crop comes from its own generator seeded by (seed, epoch,
+        position in the epoch), so the augmented images do not depend on the number of workers or processes.
+        ``augment=False`` gives deterministic center crops (``spec``'s evaluation crop at ``size``).
+        """
+        plan = shard_epoch(len(self.images), batch_size, seed, epoch, rank, world_size)
+        eval_spec = None
+        if not augment:  # the evaluation crop's resize/size ratio, at the training size
+            eval_spec = Preprocess.for_size(size, None if spec is None else round(spec.resize * size / spec.size))
+
+        def make(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            positions, idx = batch
+            crops = []
+            for pos, i in zip(positions, idx):
+                if eval_spec is not None:
+                    crops.append(eval_crop(self.images[i], eval_spec))
+                else:
+                    rng = np.random.default_rng([seed, epoch, int(pos)])
+                    crops.append(random_resized_crop(self.images[i], size, rng, scale=scale, hflip=hflip))
+            return np.stack(crops), self.labels[idx], idx
+
+        return BatchStream(plan, make, workers=workers, prefetch=prefetch)
 
     def eval_batches(self, batch_size: int, spec: Preprocess) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches with evaluation preprocessing, in order."""
         for start in range(0, len(self.images), batch_size):
             imgs = self.images[start:start + batch_size]
             yield np.stack([eval_crop(im, spec) for im in imgs]), self.labels[start:start + batch_size]
+
+
+def shard_epoch(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                world_size: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This rank's batches of one epoch: ``[(positions, image indices), ...]``.
+
+    One seeded permutation of the ``n`` images per epoch, cut into global batches of ``batch_size`` (the last,
+    short one dropped); rank ``r`` of ``world_size`` takes the r-th contiguous slice of each global batch, so the
+    ranks see disjoint images and together exactly the images a single process would see, step by step.
+    """
+    if batch_size % world_size:
+        raise DataError(f"batch_size {batch_size} is the global batch and must divide evenly over "
+                        f"{world_size} processes")
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    local = batch_size // world_size
+    plan = []
+    for start in range(0, n - n % batch_size, batch_size):
+        lo = start + rank * local
+        positions = np.arange(lo, lo + local)
+        plan.append((positions, order[positions]))
+    return plan
+
+
+class BatchStream:
+    """Iterates prepared batches, building up to ``prefetch`` of them ahead on ``workers`` threads.
+
+    ``wait_s`` is the time the consumer spent blocked waiting for a batch (the data pipeline's share of an epoch).
+    """
+
+    def __init__(self, plan: list[Any], make: Callable[[Any], Any], workers: int = 0, prefetch: int = 4) -> None:
+        self.plan = plan
+        self.make = make
+        self.workers = workers
+        self.prefetch = max(1, prefetch)
+        self.wait_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.workers <= 0:
+            for item in self.plan:
+                t0 = time.perf_counter()
+                batch = self.make(item)
+                self.wait_s += time.perf_counter() - t0
+                yield batch
+            return
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgesplit-data")
+        pending: deque[Future[Any]] = deque()
+        items = iter(self.plan)
+        try:
+            for item in items:
+                pending.append(pool.submit(self.make, item))
+                if len(pending) >= self.prefetch:
+                    break
+            while pending:
+                t0 = time.perf_counter()
+                batch = pending.popleft().result()
+                self.wait_s += time.perf_counter() - t0
+                nxt = next(items, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self.make, nxt))
+                yield batch
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)

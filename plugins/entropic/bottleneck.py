@@ -112,8 +112,9 @@ class EntropyBottleneck(nn.Module):
 
     def aux_loss(self) -> torch.Tensor:
         """Moves the quantiles to ``c = tail_mass/2, 1/2, 1 - tail_mass/2``; no gradient reaches the density."""
-        logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
-        return torch.abs(logits - self.target).sum()
+        with torch.autocast(device_type=self.quantiles.device.type, enabled=False):
+            logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
+            return torch.abs(logits - self.target).sum()
 
     # -- quantization (the one rule) --------------------------------------------------------------------------
     def medians(self) -> torch.Tensor:
@@ -132,11 +133,14 @@ class EntropyBottleneck(nn.Module):
         """``(y_hat, likelihoods)``: noisy in training mode (or ``training=True``), rounded around the medians
         otherwise."""
         noisy = self.training if training is None else training
-        if noisy:
-            y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-        else:
-            y_hat = self.dequantize(self.quantize_symbols(y))
-        return y_hat, self.likelihood(y_hat)
+        # float32 under autocast too: the rounding rule and the likelihoods must match the float32 tables
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            y = y.float()
+            if noisy:
+                y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            else:
+                y_hat = self.dequantize(self.quantize_symbols(y))
+            return y_hat, self.likelihood(y_hat)
 
     # -- tables -------------------------------------------------------------------------------------------
     def support(self) -> tuple[np.ndarray, int]:

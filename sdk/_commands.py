@@ -45,6 +45,38 @@ def _is_bundle(target: Path) -> bool:
     return False
 
 
+def run_directory(out: str | Path, *, resume: bool = False) -> Path:
+    """``out``, or when it already holds files (and this is not a resume) the first free ``out-2``, ``out-3``, ...,
+    so a second run never mixes its files into the first one's."""
+    import logging
+    import sys
+
+    import os
+
+    path = Path(out)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return path  # torchrun: every rank must agree on one directory, so it is used as given
+    if resume or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return path
+    if not path.is_dir():
+        raise ConfigError(f"--out {path} is a file; name a run directory")
+    n = 2
+    while (candidate := path.with_name(f"{path.name}-{n}")).exists():
+        n += 1
+    print(f"run directory: {candidate} ({path} already holds a run; --resume continues that one)", file=sys.stderr,
+          flush=True)
+    return candidate
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from .config import schema_markdown
+
+    print("# Training recipe keys\n\nGenerated from the typed recipe (`edgesplit.config.TrainConfig`); "
+          "`edgesplit train RECIPE --set KEY=VALUE` takes the same keys.\n")
+    print(schema_markdown())
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import format_rows, list_images
 
@@ -147,3 +179,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_benchmark)
+
+    sp = sub.add_parser("schema", help="every training recipe key with its type, default and meaning (markdown)")
+    sp.set_defaults(func=_cmd_schema)

@@ -29,17 +29,35 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_train_config
+    from ._commands import run_directory
+    from .config import load_train_config_with_overrides
     from .train import train
 
-    cfg = load_train_config(args.config)
+    cfg = load_train_config_with_overrides(args.config, args.set or [])
+    names = None
+    if args.label_names:
+        from .labels import read_label_names
+
+        names = read_label_names(args.label_names)  # a bad file fails before any image is decoded
+    out = run_directory(args.out, resume=args.resume)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         cfg.threads = args.threads
-    metrics = train(cfg, args.out, data_root=args.data, resume=args.resume, source=args.config,
+    metrics = train(cfg, out, data_root=args.data, resume=args.resume, source=args.config,
                     progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "labels"}, indent=2))
+    if names is not None:
+        from .train.checkpoint import set_label_names
+
+        set_label_names(out / "model.safetensors", names)
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "labels"}, indent=2))
+    if not args.no_report:
+        from .train.report import format_summary, write_report
+
+        summary = write_report(out, data_root=args.data)
+        if not args.json:
+            print(format_summary(summary))
     return 0
 
 
@@ -77,11 +95,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="train or distill a model from a YAML recipe")
     sp.add_argument("config", help="YAML recipe (see configs/)")
-    sp.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, metrics.json)")
+    sp.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, metrics.json); if it holds "
+                    "a run already, the next free DIR-2, DIR-3, ... is used (unless --resume)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a recipe key, validated like the file (repeatable): --set epochs=1 "
+                         "--set data.limit_per_class=20 --set losses.0.weight=0.5; keys: `edgesplit schema`")
     sp.add_argument("--data", help="ImageFolder dataset directory (overrides data.root)")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     sp.add_argument("--threads", type=int, help="CPU threads for torch (overrides the recipe's threads)")
+    sp.add_argument("--label-names", metavar="FILE",
+                    help="YAML mapping of class id to display name, stored in model.safetensors next to the ids")
+    sp.add_argument("--no-report", action="store_true",
+                    help="skip the report (summary, report.png, confusion matrix of the validation split)")
+    sp.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     sp.set_defaults(func=_cmd_train)
 
     sp = sub.add_parser("eval", help="top-1 (and bytes) of a checkpoint or bundle on an ImageFolder directory")

@@ -279,3 +279,150 @@ class TrainConfig:
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read and validate a training recipe."""
     return from_dict(TrainConfig, load_yaml(path), source=str(path))
+
+
+# -- command-line overrides and the generated schema ------------------------------------------------------------------
+def _override_path(key: str, source: str) -> list[str | int]:
+    """``data.limit_per_class`` -> ['data', 'limit_per_class']; ``losses[1].weight`` or ``losses.1.weight`` ->
+    ['losses', 1, 'weight']."""
+    import re
+
+    path: list[str | int] = []
+    for part in key.split("."):
+        m = re.match(r"^(?P<name>[^.\[\]]+)((?:\[\d+\])*)$", part)
+        if not part or m is None:
+            raise ConfigError(f"{source}: {key!r} is not a key path (use dots: data.limit_per_class, losses.0.weight)")
+        name = m.group("name")
+        path.append(int(name) if name.isdigit() else name)
+        path.extend(int(i) for i in re.findall(r"\[(\d+)\]", part))
+    return path
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], *,
+                    source: str = "--set") -> dict[str, Any]:
+    """A copy of the raw recipe ``data`` with each ``KEY=VALUE`` applied in order (``KEY`` a dotted path, list items by
+    index; ``VALUE`` read as YAML: ``1``, ``0.5``, ``true``, ``null``, ``[a, b]``). Validation is left to
+    ``from_dict``, so an override is checked exactly like the file; a malformed override is a ``ConfigError``."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{source} {item!r}: expected KEY=VALUE (e.g. --set epochs=1)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} {item!r}: the value is not valid YAML ({exc})") from exc
+        path = _override_path(key, f"{source} {item!r}")
+        node: Any = out
+        for depth, step in enumerate(path):
+            last = depth == len(path) - 1
+            where = ".".join(str(p) for p in path[:depth + 1])
+            if isinstance(step, int):
+                if not isinstance(node, list) or not -len(node) <= step < len(node):
+                    size = f"a list of {len(node)}" if isinstance(node, list) else type(node).__name__
+                    raise ConfigError(f"{source} {item!r}: {where}: no item {step} ({size})")
+                if last:
+                    node[step] = value
+                else:
+                    node = node[step]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {item!r}: {where}: the value above is not a mapping")
+            if last:
+                node[step] = value
+            else:
+                if node.get(step) is None:
+                    node[step] = {}
+                node = node[step]
+    return out
+
+
+def load_train_config_with_overrides(path: str | Path, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    """``load_train_config`` with ``KEY=VALUE`` overrides applied to the file's data before validation."""
+    if not overrides:
+        return load_train_config(path)
+    data = apply_overrides(load_yaml(path), overrides)
+    return from_dict(TrainConfig, data, source=f"{path} (with --set {' --set '.join(overrides)})")
+
+
+def _type_text(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (list, tuple):
+        inner = ", ".join(_type_text(a) for a in args if a is not Ellipsis) or "any"
+        return f"list[{inner}]" if origin is list else f"[{inner}]"
+    if origin is dict:
+        return f"mapping[{', '.join(_type_text(a) for a in args)}]" if args else "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {int: "int", float: "float", str: "str", bool: "bool", Any: "any"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The ``# comment`` after each field in the class source: the field's description."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in lines:
+        m = re.match(r"^\s+(\w+):[^#]*#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _default_text(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(value):
+            return "(see below)"
+    else:
+        return "required"
+    return "null" if value is None else yaml.safe_dump(to_dict(value), default_flow_style=True).strip().removesuffix(
+        "\n...").removesuffix("...").strip()
+
+
+def schema_markdown(cls: type = None) -> str:  # type: ignore[assignment]
+    """Every key of a recipe (``TrainConfig`` by default) as markdown tables: key, type, default, description,
+    generated from the dataclasses themselves, so it cannot drift from what ``from_dict`` accepts."""
+    root = TrainConfig if cls is None else cls
+    sections: list[tuple[str, type]] = [("", root)]
+    out: list[str] = []
+    seen: set[type] = set()
+    while sections:
+        prefix, c = sections.pop(0)
+        if c in seen:
+            continue
+        seen.add(c)
+        hints = typing.get_type_hints(c)
+        comments = _field_comments(c)
+        doc = (c.__doc__ or "").strip().splitlines()
+        title = f"`{prefix}`" if prefix else "top level"
+        out += [f"### {title} ({c.__name__})", "", doc[0] if doc and not doc[0].startswith(c.__name__ + "(") else "",
+                "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
+        for f in dataclasses.fields(c):
+            tp = hints[f.name]
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            nested = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
+            if nested:
+                sub = nested[0]
+                sections.append((key + ("[]" if typing.get_origin(tp) is list else ""), sub))
+            text = _type_text(tp) if not (nested and typing.get_origin(tp) is list) else f"list[{nested[0].__name__}]"
+            out.append(f"| `{key}` | {text.replace('|', '&#124;')} | `{_default_text(f)}` | "
+                       f"{comments.get(f.name, '').replace('|', '&#124;')} |")
+        out.append("")
+    return "\n".join(line for line in out).rstrip() + "\n"

@@ -19,9 +19,10 @@ from torch import nn
 
 from edgesplit.checkpoint import FORMAT, META_KEY, CheckpointError, build_model, read_metadata
 from edgesplit.checkpoint import load as _load
+from edgesplit.errors import ConfigError
 
 __all__ = ["META_KEY", "FORMAT", "CheckpointError", "save_checkpoint", "read_metadata", "build_model", "load",
-           "save_state", "load_state", "atomic_write"]
+           "save_state", "load_state", "atomic_write", "set_label_names"]
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -46,8 +47,13 @@ def _state_for_checkpoint(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(model: nn.Module, path: str | Path, *, model_config: dict[str, Any], labels: list[str],
                     preprocess: dict[str, Any], extra: dict[str, Any] | None = None,
-                    dtype: torch.dtype | None = None) -> None:
-    """Write the model's weights (optionally cast, e.g. fp16 for committed weights) and recipe atomically."""
+                    dtype: torch.dtype | None = None, label_names: list[str] | None = None) -> None:
+    """Write the model's weights (optionally cast, e.g. fp16 for committed weights) and recipe atomically;
+    ``label_names``: display names parallel to ``labels`` (stored as ``label_names``)."""
+    if label_names is not None:
+        if len(label_names) != len(labels):
+            raise ConfigError(f"{path}: {len(label_names)} label names for {len(labels)} labels")
+        extra = {**(extra or {}), "label_names": [str(n) for n in label_names]}
     tensors = {}
     for k, v in _state_for_checkpoint(model).items():
         v = v.detach().cpu()
@@ -57,6 +63,19 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, model_config: dict[st
     meta = {"format": FORMAT, "model": model_config, "labels": list(labels), "preprocess": preprocess,
             **(extra or {})}
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
+
+
+def set_label_names(path: str | Path, names: dict[str, str]) -> list[str]:
+    """Store display names (class id -> name; ids without one keep the id) in a checkpoint's metadata, next to its
+    labels; the tensors are rewritten unchanged. Returns the names, parallel to the labels."""
+    from edgesplit.labels import check_names
+
+    info = read_metadata(path)
+    labels = [str(v) for v in info["labels"]]
+    info["label_names"] = check_names(labels, names, str(path))
+    tensors = load_file(str(path))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(info)}))
+    return info["label_names"]
 
 
 def load(path: str | Path, *, eval_mode: bool = True) -> nn.Module:

@@ -555,7 +555,7 @@ def open_session(backend: str, path: str | Path, device: str = "cpu", threads: i
     if not isinstance(session, BackendSession):
         raise PluginError(f"backend {backend!r} opened {path} as {type(session).__name__}, which is not an "
                           "edgesplit.interfaces.BackendSession (run, info, close, input_names, output_names, "
-                          "input_shapes, backend, device, threads, max_batch); fix the backend plugin")
+                          "input_shapes, output_shapes, backend, device, threads, max_batch); fix the backend plugin")
     return session
 
 

@@ -152,9 +152,10 @@ class BackendSession(Protocol):
 
     Contract: ``run({name: ndarray})`` takes every input by name (``input_names``; dtypes and fixed dims as in
     ``input_shapes``, None for a dynamic dim) and returns every output by name as arrays the caller owns; a wrong
-    input is a ``DataError``, a runtime failure a ``BackendUnavailable``. ``backend``, ``device`` and ``threads``
-    are what the runtime reports it uses (never a silent fallback); ``info()`` returns them with backend details.
-    ``max_batch`` is the most rows one ``run`` takes (None: no limit). ``close()`` releases the runtime.
+    input is a ``DataError``, a runtime failure a ``BackendUnavailable``; ``output_shapes`` describes the outputs.
+    ``backend``, ``device`` and ``threads`` are what the runtime reports it uses (never a silent fallback);
+    ``info()`` returns them with backend details. ``max_batch`` is the most rows one ``run`` takes (None: no
+    limit). ``close()`` releases the runtime.
     """
 
     backend: str
@@ -170,6 +171,9 @@ class BackendSession(Protocol):
 
     @property
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]: ...
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int | None, ...]]: ...
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]: ...
 

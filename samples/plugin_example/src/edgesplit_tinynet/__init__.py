@@ -1,7 +1,8 @@
-"""An example third-party plugin: a tiny four-stage CNN registered as backbone ``tinynet``.
+"""An example third-party plugin: a tiny four-stage CNN registered as backbone ``tinynet``, and a teacher written in
+plain torch (``plainnet``, in ``plainnet.py``) that a split student can cut.
 
-Install it (``pip install samples/plugin_example``) and it shows up in ``edgesplit plugins`` and in
-``edgesplit.create("backbone", "tinynet")`` with no change to edgesplit.
+Install it (``pip install samples/plugin_example``) and both show up in ``edgesplit plugins`` and in
+``edgesplit.create("backbone", ...)`` with no change to edgesplit.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from torch import nn
 
 from edgesplit import register
 from edgesplit.plugins.backbones import Backbone, ClassifierHead
+
+from . import plainnet  # noqa: F401  (registers backbone "plainnet")
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgesplit.interfaces import Teacher
+
 from .checkpoint import load
 
 __all__ = ["cut_table"]
@@ -41,10 +43,9 @@ def cut_table(path: str | Path) -> list[dict[str, Any]] | None:
     """One row per stage a split can follow (``cut``, ``device_macs``, ``device_fraction``, ``latent_shape``,
     ``latent_values``) at the checkpoint's input size; None for a model without named stages (a student)."""
     model = load(path)
-    names = getattr(model, "stage_names", None)
-    stage = getattr(model, "stage", None)
-    if not names or stage is None:
+    if not isinstance(model, Teacher):
         return None
+    names, stage = model.stage_names, model.stage
     size = int(model.edgesplit_info["preprocess"]["size"])  # type: ignore[attr-defined]
     x = torch.zeros(1, 3, size, size)
     rows, done = [], 0

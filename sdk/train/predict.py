@@ -11,6 +11,7 @@ import torch
 
 from edgesplit import bitstream
 from edgesplit.errors import ConfigError
+from edgesplit.interfaces import SplitModel
 from edgesplit.labels import names_for
 from edgesplit.predict import display_path, top_entries
 from edgesplit.preprocess import Preprocess, eval_crop
@@ -35,7 +36,7 @@ def predict_checkpoint(path: str | Path, images: Sequence[Path], *, root: Path |
     labels = [str(v) for v in info["labels"]]
     shown = names_for(labels, names, info.get("label_names"))
     spec = Preprocess.from_dict(info["preprocess"])
-    split = hasattr(model, "encode_symbols")
+    split = isinstance(model, SplitModel)
     codec = model.codec() if split else None  # type: ignore[operator]
     fingerprint = file_fingerprint(path)
     root = root if root is not None else Path(".")

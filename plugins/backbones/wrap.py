@@ -133,6 +133,41 @@ def _segments(graph: fx.Graph, stages: Sequence[str], cls: str) -> list[list[fx.
     return [body[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]
 
 
+def _entries(segments: list[list[fx.Node]], image: fx.Node, names: Sequence[str], cls: str) -> list[fx.Node]:
+    """The one value that enters each segment: the image, then what crosses each boundary (made before it and used
+    after it), which must be the stem's single output and then each stage's own output."""
+    position = {n: k for k, seg in enumerate(segments) for n in seg}
+    position[image] = -1
+    last = len(segments) - 1
+    carried: list[set[fx.Node]] = [set() for _ in range(last)]
+    for n, k in position.items():
+        if n.op == "get_attr":  # parameters and buffers: each piece reads its own
+            continue
+        used = max((last if u.op == "output" else position[u] for u in n.users), default=k)
+        for b in range(max(k, 0), used):
+            carried[b].add(n)
+    entries = [image]
+    for b, values in enumerate(carried):
+        if b == 0:
+            if len(values) != 1:
+                raise ConfigError(f"{cls}: {len(values)} values flow from the input into the first stage "
+                                  f"{names[1]!r} ({', '.join(sorted(v.name for v in values))}); a stem must pass one "
+                                  "on")
+            entries.append(next(iter(values)))
+            continue
+        stage_out = segments[b][-1]  # boundary b > 0 follows stage b's call, the last node of its segment
+        if stage_out not in values:
+            raise ConfigError(f"{cls}: the output of stage {names[b]!r} is not used after it; list only stages "
+                              "whose outputs the rest of the forward reads")
+        if values != {stage_out}:
+            extra = sorted(v.name for v in values - {stage_out})
+            raise ConfigError(f"{cls} cannot be cut after stage {names[b]!r}: {', '.join(extra)} (computed before it) "
+                              f"{'is' if len(extra) == 1 else 'are'} also used after it, e.g. a skip connection around "
+                              "the stage; choose stages whose outputs are all that flows on")
+        entries.append(stage_out)
+    return entries
+
+
 def _piece(root: nn.Module, nodes: list[fx.Node], entry: fx.Node, exit_: fx.Node, name: str) -> fx.GraphModule:
     """A GraphModule running ``nodes`` from ``entry``'s value to ``exit_``'s (parameters read afresh)."""
     g = fx.Graph()
@@ -206,32 +241,7 @@ def wrap_module(module: nn.Module, stages: Sequence[str], head: str = "fc", *, i
                for n in head_nodes):
         raise ConfigError(f"{cls}: the head {head!r} does not run after the last stage {stages[-1]!r}")
 
-    # what crosses each boundary: values made before it (the input included) and used after it
-    position = {n: k for k, seg in enumerate(segments) for n in seg}
-    position[inputs[0]] = -1
-    position[out] = position.get(out, -1)
-    carried: list[set[fx.Node]] = [set() for _ in segments[:-1]]
-    for n, k in position.items():
-        if n.op == "get_attr":
-            continue
-        users = [position[u] if u.op != "output" else len(segments) - 1 for u in n.users]
-        for b in range(max(k, 0), max(users, default=k)):
-            carried[b].add(n)
-    entries = [inputs[0]]
-    for b, values in enumerate(carried):
-        stage_out = segments[b][-1]  # boundary b > 0 follows stage b's call, the last node of its segment
-        if b > 0 and stage_out not in values:
-            raise ConfigError(f"{cls}: the output of stage {names[b]!r} is not used after it; list only stages "
-                              "whose outputs the rest of the forward reads")
-        if b > 0 and values != {stage_out}:
-            extra = sorted(v.name for v in values - {stage_out})
-            raise ConfigError(f"{cls} cannot be cut after stage {names[b]!r}: {', '.join(extra)} (computed before it) "
-                              f"{'is' if len(extra) == 1 else 'are'} also used after it, e.g. a skip connection around "
-                              "the stage; choose stages whose outputs are all that flows on")
-        if b == 0 and len(values) != 1:
-            raise ConfigError(f"{cls}: {len(values)} values flow from the input into the first stage "
-                              f"{stages[0]!r} ({', '.join(sorted(v.name for v in values))}); a stem must pass one on")
-        entries.append(next(iter(values)))
+    entries = _entries(segments, inputs[0], names, cls)
     exits = [*entries[1:], out]
     pieces = [(names[k], _piece(module, segments[k], entries[k], exits[k], names[k])) for k in range(len(names))]
 

@@ -1,17 +1,16 @@
-"""``edgesplit demo``: the main job end to end, from the committed weights.
+"""``edgesplit demo``: the main job end to end, from the committed weights (or from your own bundle).
 
-Exports the split student to a bundle (ONNX + OpenVINO) in a temporary directory, serves its decoder over HTTP on
-loopback, encodes each image with ``DeviceEncoder`` as a device would, sends the payloads, and compares every answer
-with in-process decoding and with the JPEG bytes the teacher would need for the same answer. Then runs a compressed
-full student on the device with ``DeviceModel``. Nothing is left running or written outside the temporary directory.
+Exports the split student to a bundle (ONNX + OpenVINO), serves its decoder over HTTP on loopback, encodes each
+image with ``DeviceEncoder`` as a device would, sends the payloads, and compares every answer with in-process
+decoding and with the JPEG bytes the teacher would need for the same answer. Then runs a compressed full student on
+the device with ``DeviceModel``. Bundles go to a temporary directory (or to ``--keep DIR``); nothing is left running.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import math
+import logging
 import sys
 import tempfile
 import time
@@ -21,20 +20,22 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .data import IMAGE_EXTENSIONS
-from .errors import ConfigError, DataError
+from edgesplit.data import IMAGE_EXTENSIONS
+from edgesplit.errors import ConfigError, DataError
 
-__all__ = ["register_cli", "run_demo", "run_codec_demo", "DEMO_FILE"]
+__all__ = ["register_cli", "run_demo", "run_codec_demo", "DEMO_FILE", "LABEL_NAMES_FILE"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_FILE = REPO / "samples" / "weights" / "demo.yaml"
+LABEL_NAMES_FILE = REPO / "samples" / "labels.yaml"
 JPEG_QUALITIES = (1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+WRONG = "x"  # the mark of a wrong answer in the table's "wrong" column
 
 
 def run_codec_demo(seed: int = 0) -> dict[str, float]:
     """Code a 24x16x16 Laplace-distributed latent and check the round trip is bit-exact."""
-    from . import bitstream
-    from .codec import FactorizedCodec, discretized_laplace_pmfs
+    from edgesplit import bitstream
+    from edgesplit.codec import FactorizedCodec, discretized_laplace_pmfs
 
     rng = np.random.default_rng(seed)
     scales = np.exp(rng.uniform(np.log(0.3), np.log(3.0), size=24))
@@ -76,11 +77,11 @@ def _jpeg_bytes_for_same_answer(teacher: Any, crop: np.ndarray, spec: Any) -> tu
     """Smallest JPEG of ``crop`` (over JPEG_QUALITIES) on which the teacher answers as on the raw crop."""
     import torch
 
-    from .train import to_input
-    from .train.evaluate import compress_image
+    from edgesplit.train import to_input
+    from edgesplit.train.evaluate import compress_image
 
     with torch.no_grad():
-        want = int(teacher(to_input(crop[None], spec)).argmax(1))
+        want = int(teacher(to_input(np.array(crop)[None], spec)).argmax(1))  # a writable copy for torch
         decoded = [compress_image(crop, "jpeg", q) for q in JPEG_QUALITIES]
         preds = teacher(to_input(np.stack([d for d, _ in decoded]), spec)).argmax(1).tolist()
     for q, (_, size), pred in zip(JPEG_QUALITIES, decoded, preds):
@@ -89,112 +90,204 @@ def _jpeg_bytes_for_same_answer(teacher: Any, crop: np.ndarray, spec: Any) -> tu
     return decoded[-1][1], JPEG_QUALITIES[-1]
 
 
-def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backend: str = "onnxruntime",
-             out=sys.stdout) -> dict[str, Any]:
-    """The whole demo; returns the rows and the summary it printed."""
+def _display_names(bundle: Any) -> dict[str, str]:
+    """id -> display name: the bundle's own names, else samples/labels.yaml for the committed Imagenette models."""
+    carried = bundle.manifest.get("label_names")
+    if isinstance(carried, list) and len(carried) == len(bundle.labels):
+        return dict(zip(bundle.labels, map(str, carried)))
+    if LABEL_NAMES_FILE.is_file():
+        from edgesplit.labels import read_label_names
+
+        names = read_label_names(LABEL_NAMES_FILE)
+        if set(bundle.labels) <= set(names):
+            return names
+    return {}
+
+
+def _val_top1(checkpoint: Path) -> tuple[float, int] | None:
+    """(validation top-1, validation images) recorded in a checkpoint by training."""
+    from edgesplit.train import read_metadata
+
+    metrics = read_metadata(checkpoint).get("metrics") or {}
+    if metrics.get("val_top1") is None:
+        return None
+    return float(metrics["val_top1"]), int(metrics.get("val_images") or 0)
+
+
+def _split_part(bundle: Any, images: list[tuple[Path, str | None]], root: Path, teacher: Any, names: dict[str, str],
+                device_backend: str, server_backend: str, say: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import httpx
 
-    from .export import export_checkpoint
-    from .preprocess import eval_crop
-    from .runtime import DeviceEncoder, DeviceModel, ServerDecoder
-    from .runtime.service import BackgroundServer, create_app
-    from .train import load
+    from edgesplit.preprocess import eval_crop
+    from edgesplit.runtime import DeviceEncoder, ServerDecoder
+    from edgesplit.runtime.service import BackgroundServer, create_app
 
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the table
-    t_start = time.perf_counter()
-    spec = yaml.safe_load(DEMO_FILE.read_text()) if DEMO_FILE.is_file() else None
-    if not spec:
-        raise ConfigError(f"{DEMO_FILE} is missing: no committed weights to run the demo with")
-    names = {}
-    names_file = REPO / "samples" / "labels.yaml"
-    if names_file.is_file():
-        names = yaml.safe_load(names_file.read_text()) or {}
-    images = _images(images_dir)
-    split_ckpt, teacher_ckpt = _weights(spec, "split_student"), _weights(spec, "teacher")
-    teacher = load(teacher_ckpt)
-    say = lambda line: print(line, file=out, flush=True)  # noqa: E731
-
-    with tempfile.TemporaryDirectory(prefix="edgesplit-demo-") as tmp:
-        say(f"exporting {split_ckpt.name} (ONNX + OpenVINO) ...")
-        bundle = export_checkpoint(split_ckpt, Path(tmp) / "split", formats=("onnx", "openvino"),
-                                   calib=images_dir if images[0][1] is not None else None, calib_images=8,
-                                   progress=lambda s: say(f"  {s}"))
-        encoder = DeviceEncoder.open(bundle, backend=device_backend)
-        decoder = ServerDecoder.open(bundle, backend=server_backend, top_k=3)
-        reference = ServerDecoder.open(bundle, backend=server_backend, top_k=3)
-        rows = []
-        with BackgroundServer(create_app(decoder)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-            say(f"server-side decoder ({server_backend}) listening on {server.url}; device encoder: {device_backend}")
-            header = f"{'file':<34} {'prediction':<18} {'prob':>5} {'bytes':>6} {'JPEG@iso':>8} {'device ms':>9} {'server ms':>9}"
-            say(header)
-            for path, label in images:
-                payload = encoder.encode(path)
-                device_ms = encoder.last_timings["total_ms"]
-                t0 = time.perf_counter()
-                resp = client.post("/v1/decode", content=payload, headers={"content-type": "application/octet-stream"})
-                server_ms = (time.perf_counter() - t0) * 1e3
-                if resp.status_code != 200:
-                    raise DataError(f"{path}: the server answered {resp.status_code}: {resp.text}")
-                answer = resp.json()
-                local = reference.decode(payload)
-                crop = eval_crop(path, bundle.preprocess)
-                jpeg_bytes, jpeg_q = _jpeg_bytes_for_same_answer(teacher, crop, bundle.preprocess)
-                row = {"file": str(path.relative_to(images_dir)), "label": label, "prediction": answer["labels"][0],
-                       "prob": float(answer["probs"][0]), "payload_bytes": len(payload), "jpeg_iso_bytes": jpeg_bytes,
-                       "jpeg_quality": jpeg_q, "device_ms": round(device_ms, 2), "server_ms": round(server_ms, 2),
-                       "matches_in_process": list(answer["labels"]) == list(local.labels)
-                       and bool(np.allclose(answer["probs"], local.probs, atol=1e-6)),
-                       "correct": None if label is None else answer["labels"][0] == label}
-                rows.append(row)
-                shown = names.get(row["prediction"], row["prediction"])
-                say(f"{row['file'][-34:]:<34} {shown[:18]:<18} {row['prob']:>5.2f} {row['payload_bytes']:>6} "
-                    f"{jpeg_bytes:>8} {row['device_ms']:>9.1f} {row['server_ms']:>9.1f}")
-        labelled = [r for r in rows if r["correct"] is not None]
-        mean_bytes = sum(r["payload_bytes"] for r in rows) / len(rows)
+    show = lambda label: names.get(label, label) if label is not None else "-"  # noqa: E731
+    file_w = max(len(str(p.relative_to(root))) for p, _ in images)
+    name_w = max(12, *(len(show(label)) for label in bundle.labels))
+    rows: list[dict[str, Any]] = []
+    with DeviceEncoder.open(bundle, backend=device_backend) as encoder, \
+            ServerDecoder.open(bundle, backend=server_backend, top_k=3) as decoder, \
+            ServerDecoder.open(bundle, backend=server_backend, top_k=3) as reference, \
+            BackgroundServer(create_app(decoder)) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        say(f"server-side decoder ({server_backend}) listening on {server.url}; device encoder: {device_backend}")
+        if teacher is not None:
+            say("JPEG@iso: bytes of the smallest JPEG of the same crop on which the teacher gives the answer it gives "
+                "on the uncompressed crop (what sending the image would cost)")
+        say(f"{'file':<{file_w}}  {'true label':<{name_w}}  {'prediction':<{name_w}}  {'wrong':<5} {'prob':>5} "
+            f"{'bytes':>6} "
+            f"{'JPEG@iso':>8} {'device ms':>9} {'server ms':>9}")
+        for path, label in images:
+            payload = encoder.encode(path)
+            device_ms = encoder.last_timings["total_ms"]
+            t0 = time.perf_counter()
+            resp = client.post("/v1/decode", content=payload, headers={"content-type": "application/octet-stream"})
+            server_ms = (time.perf_counter() - t0) * 1e3
+            if resp.status_code != 200:
+                raise DataError(f"{path}: the server answered {resp.status_code}: {resp.text}")
+            answer = resp.json()
+            local = reference.decode(payload)
+            jpeg_bytes, jpeg_q = (None, None)
+            if teacher is not None:
+                jpeg_bytes, jpeg_q = _jpeg_bytes_for_same_answer(teacher, eval_crop(path, bundle.preprocess),
+                                                                 bundle.preprocess)
+            correct = None if label is None else answer["labels"][0] == label
+            row = {"file": str(path.relative_to(root)), "label": label, "prediction": answer["labels"][0],
+                   "prediction_name": show(answer["labels"][0]), "label_name": None if label is None else show(label),
+                   "prob": float(answer["probs"][0]), "payload_bytes": len(payload), "jpeg_iso_bytes": jpeg_bytes,
+                   "jpeg_quality": jpeg_q, "device_ms": round(device_ms, 2), "server_ms": round(server_ms, 2),
+                   "matches_in_process": list(answer["labels"]) == list(local.labels)
+                   and bool(np.allclose(answer["probs"], local.probs, atol=1e-6)),
+                   "correct": correct}
+            rows.append(row)
+            mark = WRONG if correct is False else ""
+            jpeg = "n/a" if jpeg_bytes is None else str(jpeg_bytes)
+            say(f"{row['file']:<{file_w}}  {show(label):<{name_w}}  {row['prediction_name']:<{name_w}}  {mark:^5} "
+                f"{row['prob']:>5.2f} {row['payload_bytes']:>6} {jpeg:>8} {row['device_ms']:>9.1f} "
+                f"{row['server_ms']:>9.1f}")
+    labelled = [r for r in rows if r["correct"] is not None]
+    mean_bytes = sum(r["payload_bytes"] for r in rows) / len(rows)
+    summary: dict[str, Any] = {
+        "images": len(rows), "mean_payload_bytes": mean_bytes,
+        "accuracy": (sum(r["correct"] for r in labelled) / len(labelled)) if labelled else None,
+        "all_match_in_process": all(r["matches_in_process"] for r in rows)}
+    acc = "n/a (no class folders)" if summary["accuracy"] is None else f"{summary['accuracy'] * 100:.1f}%"
+    if teacher is not None:
         mean_jpeg = sum(r["jpeg_iso_bytes"] for r in rows) / len(rows)
-        summary = {"images": len(rows), "mean_payload_bytes": mean_bytes, "mean_jpeg_iso_bytes": mean_jpeg,
-                   "accuracy": (sum(r["correct"] for r in labelled) / len(labelled)) if labelled else None,
-                   "bytes_saved_vs_jpeg": 1.0 - mean_bytes / mean_jpeg,
-                   "all_match_in_process": all(r["matches_in_process"] for r in rows)}
-        acc = "n/a (no labels)" if summary["accuracy"] is None else f"{summary['accuracy'] * 100:.1f}%"
-        say(f"summary: {len(rows)} images, mean payload {mean_bytes:.0f} B vs JPEG at iso-accuracy {mean_jpeg:.0f} B "
-            f"({summary['bytes_saved_vs_jpeg'] * 100:.1f}% fewer bytes), accuracy {acc}, "
-            f"HTTP answers equal in-process decoding: {summary['all_match_in_process']}")
+        summary.update(mean_jpeg_iso_bytes=mean_jpeg, bytes_saved_vs_jpeg=1.0 - mean_bytes / mean_jpeg)
+        versus = (f" vs JPEG at iso-accuracy {mean_jpeg:.0f} B ({summary['bytes_saved_vs_jpeg'] * 100:.1f}% fewer "
+                  "bytes)")
+    else:
+        versus = ""
+    say(f"summary: {len(rows)} images, mean payload {mean_bytes:.0f} B{versus}, accuracy {acc}, "
+        f"HTTP answers equal in-process decoding: {summary['all_match_in_process']}")
+    return rows, summary
 
-        full = None
-        if "full_student" in spec:
+
+def _full_part(bundle: Any, images: list[tuple[Path, str | None]], say: Any) -> dict[str, Any]:
+    from edgesplit.runtime import DeviceModel
+
+    precision = str(bundle.manifest.get("precision", "fp32"))
+    correct, labelled, times = 0, 0, []
+    with DeviceModel.open(bundle, backend="openvino", top_k=1) as model:
+        if bundle.manifest.get("binary_layers"):  # a binary student: its 1-bit layers run as BinaryConvolution
+            n = model.session.info().get("binary_convolutions")
+            precision = f"1-bit ({n} of {bundle.manifest['binary_layers']} binary layers as BinaryConvolution)"
+        for path, label in images:
+            t0 = time.perf_counter()
+            pred = model.predict(path)
+            times.append((time.perf_counter() - t0) * 1e3)
+            if label is not None:
+                labelled += 1
+                correct += int(pred.labels[0] == label)
+    full = {"bundle": str(bundle.path), "precision": precision,
+            "accuracy": correct / labelled if labelled else None, "median_ms": float(np.median(times))}
+    full_acc = "n/a" if full["accuracy"] is None else f"{full['accuracy'] * 100:.1f}%"
+    say(f"{precision} full student on the device (DeviceModel, openvino): accuracy {full_acc}, "
+        f"median {full['median_ms']:.1f} ms/image")
+    return full
+
+
+def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backend: str = "onnxruntime",
+             keep: Path | None = None, bundle: Path | None = None, out: Any = sys.stdout) -> dict[str, Any]:
+    """The whole demo; returns the rows and the summary it printed. ``keep``: export the bundles there and keep
+    them; ``bundle``: run on this bundle instead of exporting the committed weights (a split bundle runs the HTTP
+    part, a full bundle the device part)."""
+    from edgesplit.export import export_checkpoint
+    from edgesplit.runtime.device import as_bundle
+    from edgesplit.train import load
+
+    for name in ("httpx", "edgesplit.runtime.service"):  # one line per request or start would split the table
+        logging.getLogger(name).setLevel(logging.WARNING)
+    t_start = time.perf_counter()
+    say = lambda line: print(line, file=out, flush=True)  # noqa: E731
+    images = _images(images_dir)
+    labelled_dir = images[0][1] is not None
+    spec: dict[str, Any] = {}
+    if bundle is None or keep is not None:
+        spec = yaml.safe_load(DEMO_FILE.read_text()) if DEMO_FILE.is_file() else {}
+        if not spec:
+            raise ConfigError(f"{DEMO_FILE} is missing: no committed weights to run the demo with "
+                              "(pass --bundle B to run on your own bundle)")
+    if keep is not None and bundle is not None:
+        raise ConfigError("--keep keeps the bundles the demo exports; with --bundle nothing is exported")
+    if keep is not None and Path(keep).exists() and any(Path(keep).iterdir()):
+        raise ConfigError(f"--keep {keep} exists and is not empty; choose a new directory")
+
+    result: dict[str, Any] = {"rows": [], "summary": {}, "full_student": None}
+    with tempfile.TemporaryDirectory(prefix="edgesplit-demo-") as tmp:
+        work = Path(keep) if keep is not None else Path(tmp)
+        own = as_bundle(bundle) if bundle is not None else None
+        teacher = None
+        if own is None or own.kind == "split":
+            if own is None:
+                split_ckpt = _weights(spec, "split_student")
+                say(f"exporting {split_ckpt.name} (ONNX + OpenVINO) ...")
+                split = export_checkpoint(split_ckpt, work / "split", formats=("onnx", "openvino"),
+                                          calib=images_dir if labelled_dir else None, calib_images=8,
+                                          progress=lambda s: say(f"  {s}"))
+            else:
+                split = own
+                say(f"running your split bundle {split.path} ({split.manifest.get('name', 'unnamed')})")
+            teacher_ckpt = DEMO_FILE.parent / "teacher_resnet18.safetensors"
+            if DEMO_FILE.is_file():
+                teacher_ckpt = _weights(yaml.safe_load(DEMO_FILE.read_text()), "teacher")
+            if teacher_ckpt.is_file():
+                candidate = load(teacher_ckpt)
+                if list(candidate.edgesplit_info["labels"]) == split.labels:  # the JPEG baseline needs its labels
+                    teacher = candidate
+            rows, summary = _split_part(split, images, images_dir, teacher, _display_names(split), device_backend,
+                                        server_backend, say)
+            result.update(rows=rows, summary=summary)
+
+        if own is not None and own.kind == "full":
+            result["full_student"] = _full_part(own, images, say)
+        elif own is None and "full_student" in spec:
             full_ckpt = _weights(spec, "full_student")
             precision = spec.get("full_student_precision", "int8")
             say(f"exporting full student {full_ckpt.name} at {precision} (OpenVINO) ...")
-            fb = export_checkpoint(full_ckpt, Path(tmp) / "full", formats=("openvino",), precision=precision,
-                                   calib=images_dir if images[0][1] is not None else None, calib_images=len(images),
+            fb = export_checkpoint(full_ckpt, work / "full", formats=("openvino",), precision=precision,
+                                   calib=images_dir if labelled_dir else None, calib_images=len(images),
                                    progress=lambda s: say(f"  {s}"))
-            model = DeviceModel.open(fb, backend="openvino", top_k=1)
-            if fb.manifest.get("binary_layers"):  # a binary student: its 1-bit layers run as BinaryConvolution
-                n = model.session.info().get("binary_convolutions")
-                precision = f"1-bit ({n} of {fb.manifest['binary_layers']} binary layers as BinaryConvolution)"
-            correct, times = 0, []
-            for path, label in images:
-                t0 = time.perf_counter()
-                pred = model.predict(path)
-                times.append((time.perf_counter() - t0) * 1e3)
-                correct += int(label is not None and pred.labels[0] == label)
-            full = {"checkpoint": full_ckpt.name, "precision": precision, "accuracy": correct / len(labelled) if labelled else None,
-                    "median_ms": float(np.median(times))}
-            full_acc = "n/a" if full["accuracy"] is None else f"{full['accuracy'] * 100:.1f}%"
-            say(f"{precision} full student on the device (DeviceModel, openvino): accuracy {full_acc}, "
-                f"median {full['median_ms']:.1f} ms/image")
-        for closer in (encoder, decoder, reference):
-            closer.close()
-    summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    return {"rows": rows, "summary": summary, "full_student": full}
+            result["full_student"] = full = _full_part(fb, images, say)
+            full["checkpoint"] = full_ckpt.name
+            split_val, full_val = _val_top1(_weights(spec, "split_student")), _val_top1(full_ckpt)
+            if split_val is not None and full_val is not None:
+                say(f"(the full student is another, smaller model: {100 * full_val[0]:.1f}% top-1 on its "
+                    f"{full_val[1]}-image validation split vs the split student's {100 * split_val[0]:.1f}%; on "
+                    f"{len(images)} images one answer is {100 / len(images):.0f} points)")
+        if keep is not None:
+            say(f"bundles kept in {work}: try `edgesplit predict {work / 'split'} {images_dir}` or "
+                f"`edgesplit info {work / 'split'}`")
+    result["summary"]["seconds"] = round(time.perf_counter() - t_start, 1)
+    return result
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     images = Path(args.images) if args.images else REPO / "samples" / "images"
-    result = run_demo(images, device_backend=args.device_backend, server_backend=args.server_backend)
+    result = run_demo(images, device_backend=args.device_backend, server_backend=args.server_backend,
+                      keep=Path(args.keep) if args.keep else None, bundle=Path(args.bundle) if args.bundle else None)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -205,6 +298,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--images", help="your own images: a folder of images, or class sub-folders named like the "
                     "model's labels for an accuracy figure (default: samples/images)")
+    sp.add_argument("--bundle", help="run on your own bundle instead of exporting the committed weights (a split "
+                    "bundle: device encoder -> HTTP -> decoder; a full bundle: DeviceModel)")
+    sp.add_argument("--keep", metavar="DIR", help="export the bundles into DIR (new or empty) and keep them")
     sp.add_argument("--device-backend", default="openvino", choices=["openvino", "onnxruntime"])
     sp.add_argument("--server-backend", default="onnxruntime", choices=["openvino", "onnxruntime"])
     sp.add_argument("--json", help="also write the rows and summary to this JSON file")

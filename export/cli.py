@@ -10,6 +10,14 @@ import sys
 __all__ = ["register_cli"]
 
 
+def _names(path: str | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    from edgesplit.labels import read_label_names
+
+    return read_label_names(path)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from . import REPORT_FILE, export_checkpoint, report_table
 
@@ -17,7 +25,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, formats=args.format, precision=args.precision, calib=args.calib,
         calib_images=args.calib_images, verify=not args.no_verify, overwrite=args.overwrite,
         progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True), name=args.name,
-        threads=args.threads,
+        threads=args.threads, label_names=_names(args.label_names),
     )
     report = json.loads((bundle.path / REPORT_FILE).read_text(encoding="utf-8"))
     print(report_table(report))
@@ -25,8 +33,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import publish_run
+
+    cands = [int(v) for v in args.resize_candidates.split(",")] if args.resize_candidates else None
+    results = publish_run(args.run, args.name, args.data, dest=args.dest, result=args.result,
+                          resize_candidates=cands)
+    for r in results:
+        print(f"{r['checkpoint']}: top-1 {100 * r['top1']:.2f}% on {r['val_images']} held-out images, "
+              f"{r['file_bytes'] / 1e6:.2f} MB ({r['dtype']})")
+    return 0
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``export`` command to the main parser's subcommands."""
+    """Add the ``export`` and ``publish`` commands to the main parser's subcommands."""
+    sp = subparsers.add_parser(
+        "publish", help="publish a finished run: fp16 weights, recipe and log, top-1 re-measured from the file",
+        description="Write a finished run's model as DEST/NAME.safetensors (fp16; float32 for quantized and binary "
+                    "students), its recipe and log beside it, and re-measure top-1 on the run's held-out split. A "
+                    "staged run (plan.json) publishes each sweep point's last stage as NAME_<value>.")
+    sp.add_argument("run", help="run directory written by edgesplit train")
+    sp.add_argument("--name", required=True, help="file stem under --dest")
+    sp.add_argument("--data", required=True, help="the ImageFolder directory the run was trained on")
+    sp.add_argument("--dest", default="samples/weights", help="directory for the published files")
+    sp.add_argument("--result", help="also write this results JSON")
+    sp.add_argument("--resize-candidates", help="comma-separated evaluation resizes to choose from on training images")
+    sp.set_defaults(func=_cmd_publish)
     sp = subparsers.add_parser(
         "export", help="export a checkpoint to a bundle (ONNX, OpenVINO IR, TensorRT plan) and check its parity",
         description="Export a checkpoint (full model or split student) to a deployment bundle, check each graph "
@@ -45,4 +77,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     sp.add_argument("--no-verify", action="store_true", help="write the bundle even if a parity check fails")
     sp.add_argument("--threads", type=int, help="CPU threads for parity and latency (default: the backends' own)")
+    sp.add_argument("--label-names", metavar="FILE",
+                    help="YAML mapping of class id to display name for the manifest (default: the checkpoint's names)")
     sp.set_defaults(func=_cmd_export)

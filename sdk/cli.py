@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .errors import ConfigError, EdgesplitError
+from .errors import BackendUnavailable, ConfigError, EdgesplitError
 
 __all__ = ["main"]
 
@@ -33,6 +33,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_train_config_with_overrides
     from .train import train
 
+    from .recipe import is_staged, load_recipe, parse_sweep
+
+    raw = load_recipe(args.config, args.set or [])
+    sweep = parse_sweep(args.sweep or [])
+    if is_staged(raw) or sweep:  # several stages and/or sweep points: one run directory per stage
+        return _train_staged(args, raw, sweep)
     cfg = load_train_config_with_overrides(args.config, args.set or [])
     names = None
     if args.label_names:
@@ -46,6 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     metrics = train(cfg, out, data_root=args.data, resume=args.resume, source=args.config,
                     progress=not args.no_progress)
+    if not metrics:  # a torchrun rank other than 0: rank 0 writes the run and reports it
+        return 0
     if names is not None:
         from .train.checkpoint import set_label_names
 
@@ -61,6 +69,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_staged(args: argparse.Namespace, raw: dict, sweep: dict) -> int:
+    from ._commands import run_directory
+    from .recipe import plan_recipe
+    from .train.stages import train_plan
+
+    out = run_directory(args.out, resume=args.resume)
+    plan = plan_recipe(raw, out, source=args.config, sweep=sweep)  # every stage validated before any trains
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        for r in plan.runs:
+            r.config.threads = args.threads
+    results = train_plan(plan, out, data_root=args.data, resume=args.resume, source=args.config,
+                         progress=not args.no_progress)
+    for r in plan.runs:
+        m = results.get(str(r.out))
+        if m:
+            print(f"{r.config.name}: top-1 {100 * m['val_top1']:.2f}% ({r.out})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -70,10 +99,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, split=args.split)
     else:
-        from .train.evaluate import evaluate_checkpoint
-
+        if args.quality is not None and not 1 <= args.quality <= 100:
+            raise ConfigError(f"--quality must be in 1..100, got {args.quality}")
         if args.quality is not None and args.input_codec is None:
             raise ConfigError("--quality needs --input-codec jpeg|webp")
+        try:
+            from .train.evaluate import evaluate_checkpoint
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            raise BackendUnavailable("evaluating a checkpoint needs torch: pip install edgesplit[train] "
+                                     "(or export it and evaluate the bundle directory instead)") from exc
         result = evaluate_checkpoint(target, args.data, limit=args.limit, split=args.split,
                                      input_codec=args.input_codec, quality=args.quality)
     if args.json:
@@ -100,6 +136,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a recipe key, validated like the file (repeatable): --set epochs=1 "
                          "--set data.limit_per_class=20 --set losses.0.weight=0.5; keys: `edgesplit schema`")
+    sp.add_argument("--sweep", action="append", metavar="VAR=V1,V2",
+                    help="one run per value of the recipe's vars.VAR (e.g. --sweep beta=1e-4,4e-5); stages marked "
+                         "shared train once for all values")
     sp.add_argument("--data", help="ImageFolder dataset directory (overrides data.root)")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")

@@ -30,7 +30,7 @@ from edgesplit.registry import create, get
 
 from . import losses as _losses  # noqa: F401  (registers the built-in losses)
 from .checkpoint import atomic_write, build_model, load, load_state, save_checkpoint, save_state
-from .hardware import resolve_hardware
+from .hardware import close_process_group, resolve_hardware
 from .mixing import mix_batch
 
 __all__ = ["Trainer", "train", "model_outputs", "evaluate_cache", "to_input"]
@@ -382,10 +382,7 @@ class Trainer:
         if not resume and state_path.exists():
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         self._setup()
-        try:
-            return self._run(resume, state_path)
-        finally:
-            self.hw.dist.close()
+        return self._run(resume, state_path)
 
     def _run(self, resume: bool, state_path: Path) -> dict[str, Any]:
         cfg, hw = self.cfg, self.hw
@@ -487,4 +484,8 @@ class Trainer:
 def train(config: TrainConfig, out: str | Path, *, data_root: str | None = None, resume: bool = False,
           source: str = "<config>", progress: bool = True) -> dict[str, Any]:
     """Train ``config`` into ``out``; returns the final metrics (empty on torchrun ranks other than 0)."""
-    return Trainer(config, out, data_root=data_root, source=source, progress=progress).run(resume=resume)
+    trainer = Trainer(config, out, data_root=data_root, source=source, progress=progress)
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        close_process_group()

@@ -19,7 +19,7 @@ from torch import nn
 
 from edgesplit.errors import ConfigError
 
-__all__ = ["Hardware", "Distributed", "resolve_hardware", "cpu_bf16_native"]
+__all__ = ["Hardware", "Distributed", "resolve_hardware", "cpu_bf16_native", "close_process_group"]
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +226,9 @@ def resolve_hardware(device: str, precision: str, channels_last: bool, threads: 
         threads = max(1, (os.cpu_count() or 1) // d.local_world_size)
     return Hardware(device=dev, precision=prec, threads=threads, channels_last=channels_last, dist=d)
 
+
+
+def close_process_group() -> None:
+    """Leave the torchrun process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,104 @@
+"""Multi-stage recipes and rate sweeps: the plan (merge, variables, init chaining, validation) and real tiny runs
+through `edgesplit train`, with resume across stages and `edgesplit publish` of a staged run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgesplit.cli import main
+from edgesplit.errors import ConfigError
+from edgesplit.recipe import parse_sweep, plan_recipe
+
+BASE = {
+    "name": "tiny",
+    "vars": {"w": 0.5},
+    "model": {"name": "resnet18", "params": {"width": 0.125}},
+    "data": {"image_size": 32, "val_fraction": 0.25, "workers": 0},
+    "losses": [{"name": "ce"}],
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "epochs": 1,
+    "batch_size": 6,
+    "threads": 1,
+    "precision": "fp32",
+    "stages": [
+        {"name": "base", "shared": True},
+        {"name": "tune", "losses": [{"name": "ce", "weight": "${w}"}], "optimizer": {"lr": 0.001}},
+    ],
+}
+
+
+def test_plan_merges_substitutes_and_chains_init(tmp_path: Path) -> None:
+    plan = plan_recipe(BASE, tmp_path, sweep=parse_sweep(["w=1e-4,0.25"]))
+    assert [(r.stage, r.point) for r in plan.runs] == [("base", None), ("tune", "w=1e-4"), ("tune", "w=0.25")]
+    base, t1, t2 = plan.runs
+    assert base.out == tmp_path / "base" and t1.out == tmp_path / "w=1e-4" / "tune"
+    assert t1.config.init == str(tmp_path / "base" / "model.safetensors") and base.config.init is None
+    assert t1.config.losses[0].weight == pytest.approx(1e-4) and t2.config.losses[0].weight == 0.25
+    assert t1.config.optimizer.lr == 0.001 and t1.config.optimizer.name == "adam"  # mappings merge key by key
+    assert t1.config.name == "tiny.w=1e-4.tune"
+    unswept = plan_recipe(BASE, tmp_path)
+    assert unswept.runs[1].config.losses[0].weight == 0.5 and unswept.runs[1].out == tmp_path / "tune"
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"stages": [{"name": "a"}, {"name": "a"}]}, "used twice"),
+    ({"stages": [{"epochs": 1}]}, r"stages\[0\].name"),
+    ({"stages": [{"name": "a"}, {"name": "b", "shared": True}]}, "shared stages must come first"),
+    ({"stages": [{"name": "a", "epochs": "${nope}"}]}, r"\$\{nope\} is not in vars"),
+    ({"stages": [{"name": "a", "epochs": 0}]}, r"stages\[0\] \(a\).*epochs must be at least 1"),
+    ({"stages": [{"name": "a", "bogus": 1}]}, "bogus: unknown key"),
+    ({"stages": []}, "non-empty list"),
+])
+def test_bad_plans_are_config_errors(tmp_path: Path, change: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        plan_recipe({**BASE, **change}, tmp_path)
+
+
+def test_sweep_needs_a_declared_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no vars.beta"):
+        plan_recipe(BASE, tmp_path, sweep=parse_sweep(["beta=1,2"]))
+    for bad in ("beta", "beta=", "=1,2", "b-c=1"):
+        with pytest.raises(ConfigError, match="--sweep"):
+            parse_sweep([bad])
+
+
+def test_staged_sweep_trains_resumes_across_stages_and_publishes(image_folder: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(BASE, sort_keys=False))
+    out = tmp_path / "run"
+    argv = ["train", str(recipe), "--out", str(out), "--data", str(image_folder), "--no-progress",
+            "--sweep", "w=0.5,0.25"]
+    assert main(argv) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert [r["done"] for r in plan["runs"]] == [True, True, True] and plan["points"] == ["w=0.5", "w=0.25"]
+    tune = out / "w=0.25" / "tune"
+    assert yaml.safe_load((tune / "config.yaml").read_text())["init"] == str(out / "base" / "model.safetensors")
+    # a kill during the last stage: its files are gone; --resume trains only that stage again
+    base_log = (out / "base" / "log.jsonl").read_text()
+    first_log = (out / "w=0.5" / "tune" / "log.jsonl").read_text()
+    for f in tune.iterdir():
+        f.unlink()
+    assert main(argv + ["--resume"]) == 0
+    assert (out / "base" / "log.jsonl").read_text() == base_log
+    assert (out / "w=0.5" / "tune" / "log.jsonl").read_text() == first_log
+    assert (tune / "metrics.json").is_file()
+    capsys.readouterr()
+    dest = tmp_path / "published"
+    assert main(["publish", str(out), "--name", "tiny", "--data", str(image_folder), "--dest", str(dest)]) == 0
+    names = sorted(p.name for p in dest.iterdir())
+    assert "tiny_0.5.safetensors" in names and "tiny_0.25.safetensors" in names
+    assert "tiny_0.25.base.yaml" in names and "tiny_0.25.base.log.jsonl" in names
+    from edgesplit.train import load
+
+    assert load(dest / "tiny_0.25.safetensors")  # the fp16 file rebuilds
+
+
+def test_publish_refuses_an_unfinished_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "run").mkdir()
+    assert main(["publish", str(tmp_path / "run"), "--name", "x", "--data", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err

@@ -6,8 +6,10 @@ Imports nothing heavy at import time; the command imports the runtime, FastAPI/u
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 from typing import Any
 
 from edgesplit.errors import BackendUnavailable, ConfigError
@@ -41,6 +43,46 @@ def _positive(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from exc
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0..65535; 0 picks a free one)")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from exc
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number of seconds")
+    return number
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; a ``ConfigError`` naming the address if it cannot be had."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host}: not an address this machine can bind ({exc})") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = " (another server is using it: pick another --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     token = _token(args)
     if args.engine == "ray":
@@ -48,7 +90,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         serve_bundle(args.bundle, host=args.host, port=args.port, backend=args.backend, device=args.device,
                      threads=args.threads, top_k=args.top_k, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                     max_body_bytes=args.max_body_bytes, token=token, num_replicas=args.replicas)
+                     max_body_bytes=args.max_body_bytes, token=token, num_replicas=args.replicas,
+                     start_timeout=args.start_timeout,
+                     ready=lambda url: print(f"edgesplit serve: {args.bundle} (Ray Serve) at {url}/v1/decode",
+                                             flush=True))
         return 0
     try:
         import uvicorn
@@ -56,16 +101,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise BackendUnavailable(f"`edgesplit serve` needs fastapi and uvicorn ({exc}); "
                                  "install them with `pip install edgesplit[serve]`") from exc
     from .server import ServerDecoder
-    from .service import create_app
+    from .service import create_app, uvicorn_config
 
     decoder = ServerDecoder.open(args.bundle, backend=args.backend, device=args.device, threads=args.threads,
                                  top_k=args.top_k)
     app = create_app(decoder, max_body_bytes=args.max_body_bytes, token=token, max_batch=args.max_batch,
-                     max_wait_ms=args.max_wait_ms)
+                     max_wait_ms=args.max_wait_ms, read_timeout=args.read_timeout)
+    config = uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            graceful_timeout=args.graceful_timeout, max_header_bytes=args.max_header_bytes,
+                            read_timeout=args.read_timeout, max_connections=args.max_connections)
+    sock = _listen(args.host, args.port)  # bound and listening before the banner says so
+    host, port = sock.getsockname()[:2]
+    url_host = f"[{host}]" if ":" in host else host
     print(f"edgesplit serve: {decoder.bundle.manifest.get('name', args.bundle)} (model {decoder.fingerprint.hex()}, "
-          f"{decoder.backend} on {decoder.device}) at http://{args.host}:{args.port}/v1/decode", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.graceful_timeout)
+          f"{decoder.backend} on {decoder.device}) at http://{url_host}:{port}/v1/decode", flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
@@ -77,7 +130,7 @@ def register_cli(subparsers: Any) -> None:
                                            "a bearer token.")
     sp.add_argument("bundle", help="split bundle directory (from `edgesplit export`)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     sp.add_argument("--backend", default="onnxruntime", help="onnxruntime, openvino or tensorrt")
     sp.add_argument("--device", default="cpu", help="e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
     sp.add_argument("--threads", type=_positive, help="intra-op threads of the backend (default: the runtime's)")
@@ -85,13 +138,22 @@ def register_cli(subparsers: Any) -> None:
     sp.add_argument("--max-batch", type=_positive, default=16, help="payloads per decoder-graph call at most")
     sp.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a payload waits for others to batch with")
     sp.add_argument("--max-body-bytes", type=_positive, default=64 * 1024, help="larger bodies get 413")
+    sp.add_argument("--max-header-bytes", type=_positive, default=16 * 1024,
+                    help="request line and headers at most (default 16384); larger gets 431")
+    sp.add_argument("--read-timeout", type=_seconds, default=10.0,
+                    help="seconds the headers, and then the body, of a request may take to arrive (default 10); "
+                         "slower gets 408")
+    sp.add_argument("--max-connections", type=_positive, default=512,
+                    help="open connections at most (default 512); requests beyond get 503")
+    sp.add_argument("--start-timeout", type=_seconds, default=120.0,
+                    help="--engine ray: seconds Ray and the deployment get to start (default 120)")
     sp.add_argument("--token-env", metavar="NAME",
                     help=f"environment variable holding the bearer token (default {TOKEN_ENV}; if given, it must "
                          "be set)")
     sp.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn",
                     help="uvicorn: one process; ray: a Ray Serve deployment (local, or the cluster in RAY_ADDRESS)")
     sp.add_argument("--replicas", type=_positive, default=1, help="Ray Serve replicas (--engine ray)")
-    sp.add_argument("--graceful-timeout", type=float, default=30.0,
+    sp.add_argument("--graceful-timeout", type=_seconds, default=30.0,
                     help="seconds requests in flight get to finish on shutdown")
     sp.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sp.set_defaults(func=_cmd_serve)

@@ -16,16 +16,18 @@ node, e.g. shared storage); each replica verifies the bundle when it starts. Pyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgesplit.bitstream import Frame
-from edgesplit.errors import BackendUnavailable
+from edgesplit.errors import BackendUnavailable, EdgesplitError
 
 from .device import Prediction
 from .server import ServerDecoder
@@ -134,39 +136,118 @@ def build_app(bundle_path: str | Path, backend: str = "onnxruntime", *, device: 
 
 
 def serve_bundle(bundle_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True,
+                 start_timeout: float = 120.0, ready: Callable[[str], None] | None = None,
                  **app_kwargs: Any) -> Any:
     """Start Ray Serve's HTTP proxy on ``host:port`` and run ``build_app(bundle_path, **app_kwargs)``.
 
     With ``blocking`` (``edgesplit serve --engine ray``) it serves until SIGINT or SIGTERM, then deletes the
-    application (and stops Ray if it started a local one). Returns the deployment handle when not blocking.
+    application and, if it started a local Ray, stops it and every process it started. Ray and the deployment get
+    ``start_timeout`` seconds to come up (a ``BackendUnavailable`` after, with everything cleaned up);
+    ``ready(url)`` is called once they are serving. Returns the deployment handle when not blocking.
     """
     ray, serve = _ray()
     if app_kwargs.get("threads") is None:
         app_kwargs["threads"] = 1
     local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
-    connect()
     if not blocking:
+        connect()
         serve.start(http_options={"host": host, "port": port})
         return serve.run(build_app(bundle_path, **app_kwargs), name=APP_NAME, route_prefix="/")
 
     def _stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _stop)  # `docker stop`, systemd: the same clean exit as Ctrl-C
-    try:
+    def _start() -> None:
+        connect()
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(bundle_path, **app_kwargs), name=APP_NAME, route_prefix="/")
-        log.info("Ray Serve: %s at http://%s:%d/v1/decode", APP_NAME, host, port)
+
+    before = _child_pids()
+    previous = signal.signal(signal.SIGTERM, _stop)  # `docker stop`, systemd: the same clean exit as Ctrl-C
+    try:
+        _run_bounded(_start, start_timeout, "Ray Serve")
+        url = f"http://{host}:{port}"
+        log.info("Ray Serve: %s at %s/v1/decode", APP_NAME, url)
+        if ready is not None:
+            ready(url)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         log.info("stopping: deleting application %r", APP_NAME)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _shutdown(ray, serve, local, keep=before)
+    return None
+
+
+def _run_bounded(fn: Callable[[], None], timeout: float, what: str) -> None:
+    """``fn()`` on a daemon thread; a ``BackendUnavailable`` if it does not finish within ``timeout`` seconds.
+    The calling thread keeps waking up, so SIGINT/SIGTERM interrupt the wait."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="edgesplit-ray-start", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not done.wait(0.2):
+        if time.monotonic() > deadline:
+            raise BackendUnavailable(f"{what} did not start within {timeout:g} s (a loaded machine, or too few free "
+                                     "CPUs for the replicas?); raise --start-timeout or use --engine uvicorn")
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, EdgesplitError):
+            raise exc
+        raise BackendUnavailable(f"{what} failed to start: {type(exc).__name__}: {exc}") from exc
+
+
+def _shutdown(ray: Any, serve: Any, local: bool, keep: set[int], timeout: float = 30.0) -> None:
+    """Delete the application and, for a Ray this process started, stop it; the processes it started (children
+    of this one not in ``keep``) still running after ``timeout`` seconds are terminated, then killed."""
+    def stop() -> None:
         try:
             serve.delete(APP_NAME)
-        finally:
-            if local:
+        except Exception as exc:  # noqa: BLE001 - not started, or Ray already gone
+            log.debug("deleting %s: %s", APP_NAME, exc)
+        if local:
+            with contextlib.suppress(Exception):
                 serve.shutdown()
+            with contextlib.suppress(Exception):
                 ray.shutdown()
-    return None
+
+    stopper = threading.Thread(target=stop, name="edgesplit-ray-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    if local:
+        _kill_children(keep, grace=5.0)
+
+
+def _child_pids() -> set[int]:
+    try:
+        import psutil  # a dependency of ray
+    except ImportError:
+        return set()
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _kill_children(keep: set[int], grace: float) -> None:
+    """Terminate (then kill) the processes started since ``keep`` was taken that are still alive: a local Ray's
+    daemons."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid not in keep]
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()

@@ -63,6 +63,18 @@ class ServerDecoder(_SessionInfo):
         if self.codec.num_channels != self.latent_shape[0]:
             raise BundleError(f"{bundle.path}: codec {self.codec_id!r} with {self.codec.num_channels} channels does "
                               f"not fit the latent {self.latent_shape}")
+        classes = self._output_classes()
+        if classes != len(self._labels):
+            raise BundleError(f"{bundle.path}: the decoder graph outputs {classes} logits per payload; the manifest "
+                              f"has {len(self._labels)} labels (re-export the bundle)")
+
+    def _output_classes(self) -> int:
+        """Logits per payload: from the graph's declared output shape, else from one call on zero symbols."""
+        shape = self.session.output_shapes.get("logits")
+        if shape is not None and len(shape) == 2 and isinstance(shape[1], int):
+            return shape[1]
+        logits = self.session.run({"symbols": np.zeros((1, *self.latent_shape), np.int32)})["logits"]
+        return int(logits.shape[1]) if logits.ndim == 2 else -1
 
     @classmethod
     def open(cls, bundle: Bundle | str | Path, backend: str = "onnxruntime", device: str = "cpu",
@@ -173,7 +185,7 @@ class ServerDecoder(_SessionInfo):
             raise BundleError(f"{self.bundle.path}: the decoder returned logits of shape {logits.shape} for "
                               f"{len(symbols)} payloads; the manifest has {len(self._labels)} labels")
         t0 = time.perf_counter()
-        predictions = predictions_from_logits(logits, self._labels, self.top_k)
+        predictions = predictions_from_logits(logits, self._labels, self.top_k, self.bundle.label_names)
         self.last_timings = {"graph_ms": graph_ms, "postprocess_ms": _ms(t0), "batch": len(symbols)}
         return predictions
 

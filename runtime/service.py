@@ -25,12 +25,15 @@ from edgesplit.errors import BitstreamError, ConfigError, EdgesplitError
 from .device import Prediction
 from .server import ForeignPayloadError, ServerDecoder
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "Metrics", "Batcher", "DecodeService", "create_app",
-           "BackgroundServer"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_HEADER_BYTES", "DEFAULT_READ_TIMEOUT_S", "DEFAULT_MAX_CONNECTIONS",
+           "Metrics", "Batcher", "DecodeService", "create_app", "uvicorn_config", "BackgroundServer"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # request line and headers; larger gets 431
+DEFAULT_READ_TIMEOUT_S = 10.0  # for the headers, and again for the body, of one request; slower gets 408
+DEFAULT_MAX_CONNECTIONS = 512  # open connections; a request beyond them gets 503
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -76,6 +79,7 @@ class Metrics:
         self.latency = _Histogram(LATENCY_BUCKETS)
         self.batch_size = _Histogram(tuple(float(b) for b in BATCH_BUCKETS))
         self.in_flight = 0
+        self.decoding = 0  # requests whose payload arrived and was checked: queued, in a batch, or being answered
         self.max_batch_seen = 0
 
     def request_done(self, status: int, seconds: float, error: str | None) -> None:
@@ -158,9 +162,10 @@ class Batcher:
     """Collects checked frames for up to ``max_wait_ms`` or ``max_batch`` frames, decodes them in one graph call
     on a worker thread, and resolves each request's future. ``close()`` finishes everything queued.
 
-    ``pending`` (optional) counts requests in the service that may still join a batch (in flight, queued or
-    taken); when no request beyond those already queued or taken is in flight, the batch runs at once instead of
-    waiting out ``max_wait_ms``, so a lone request pays no batching delay.
+    ``pending`` (optional) counts requests in the service that may still join a batch: those whose payload has
+    arrived and was checked (queued, taken, or about to be queued). When none beyond those already queued or
+    taken is on its way, the batch runs at once instead of waiting out ``max_wait_ms``, so a lone request pays no
+    batching delay, and a client still sending its body (or stuck) delays nobody.
     """
 
     def __init__(self, decoder: ServerDecoder, *, max_batch: int = 16, max_wait_ms: float = 5.0,
@@ -213,6 +218,19 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._task = None
+
+    def abort(self) -> None:
+        """Stop at once, decoding nothing more (the event loop is going away); queued requests get an error."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        while self._queue is not None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Item) and not item.future.done():
+                item.future.set_exception(ServiceUnavailable("the server stopped before decoding this payload"))
 
     async def _run(self) -> None:
         assert self._queue is not None  # set by start(); not user input
@@ -275,15 +293,18 @@ class DecodeService:
     def __init__(self, decoder: ServerDecoder, submit: Callable[[Frame], Awaitable[Prediction]], *,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, token: str | None = None,
                  metrics: Metrics | None = None, queue_depth: Callable[[], int] = lambda: 0,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> None:
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        if not read_timeout > 0:
+            raise ConfigError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         if token is not None and not token:
             raise ConfigError("token must be a non-empty string, or None for no authentication")
         self.decoder = decoder
         self.submit = submit
         self.max_body_bytes = max_body_bytes
-        self._token = token.encode() if token else None
+        self._token = token.encode("utf-8") if token else None
+        self.read_timeout = read_timeout
         self.metrics = metrics or Metrics()
         self.queue_depth = queue_depth
         self.ready = ready
@@ -298,24 +319,39 @@ class DecodeService:
         if self._token is None:
             return
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+        # starlette decodes header bytes as Latin-1; encoding back gives the bytes sent, compared as UTF-8
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("latin-1"), self._token):
             raise _Reject(401, "unauthorized", "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
                           {"WWW-Authenticate": 'Bearer realm="edgesplit"'})
+
+    @staticmethod
+    def _check_content_type(request: Any) -> None:
+        """A body labelled as anything but ``application/octet-stream`` is refused; an unlabelled one is taken as
+        octet-stream (RFC 9110, 8.3)."""
+        declared = request.headers.get("content-type")
+        if declared is not None and declared.partition(";")[0].strip().lower() != "application/octet-stream":
+            raise _Reject(415, "unsupported_media_type", "POST the payload bytes as application/octet-stream "
+                                                         "(Content-Type)")
 
     async def _read_body(self, request: Any) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
-                raise _Reject(400, "bad_request", f"Content-Length {declared!r} is not a number")
+            if not declared.isdigit() or len(declared) > 18:
+                raise _Reject(400, "bad_request", "Content-Length is not a number of bytes")
             if int(declared) > self.max_body_bytes:
                 raise _Reject(413, "too_large", f"body of {declared} bytes is over the limit of "
                                                 f"{self.max_body_bytes} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _Reject(413, "too_large", f"body is over the limit of {self.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise _Reject(413, "too_large", f"body is over the limit of {self.max_body_bytes} bytes")
+                    chunks.append(chunk)
+        except TimeoutError as exc:
+            raise _Reject(408, "timeout", f"the body did not arrive within {self.read_timeout:g} s "
+                                          f"({size} bytes came); send it at once", {"Connection": "close"}) from exc
         if not size:
             raise _Reject(400, "bad_payload", "empty body: POST the payload bytes (application/octet-stream)")
         return b"".join(chunks)
@@ -328,15 +364,21 @@ class DecodeService:
         start = time.perf_counter()
         status, error = 200, None
         self.metrics.in_flight += 1
+        decoding = reading = False
         try:
             self._authorize(request)
+            self._check_content_type(request)
+            reading = True
             body = await self._read_body(request)
+            reading = False
             try:
                 frame = self.decoder.unpack(body)
             except ForeignPayloadError as exc:
                 raise _Reject(409, "foreign_payload", str(exc)) from exc
             except BitstreamError as exc:
                 raise _Reject(400, "bad_payload", str(exc)) from exc
+            self.metrics.decoding += 1  # from here on the batcher waits for this request
+            decoding = True
             try:
                 prediction = await self.submit(frame)
             except BitstreamError as exc:
@@ -355,6 +397,12 @@ class DecodeService:
             status, error = 499, "client_disconnected"
             return Response(status_code=499)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if reading and task is not None:  # the server stopped while this body was still on its way
+                task.uncancel()
+                status, error = 503, "shutting_down"
+                return JSONResponse({"error": "shutting_down", "detail": "the server is shutting down; retry"},
+                                    status_code=503, headers={"Connection": "close", "Retry-After": "1"})
             status, error = 499, "client_disconnected"
             raise
         except Exception:
@@ -364,6 +412,8 @@ class DecodeService:
                                 status_code=500)
         finally:
             self.metrics.in_flight -= 1
+            if decoding:
+                self.metrics.decoding -= 1
             self.metrics.request_done(status, time.perf_counter() - start, error)
 
     def healthz(self) -> Any:
@@ -384,19 +434,22 @@ class DecodeService:
 
 
 def create_app(decoder: ServerDecoder, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, token: str | None = None,
-               max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 1024) -> Any:
+               max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 1024,
+               read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> Any:
     """A FastAPI app serving ``decoder``: ``POST /v1/decode``, ``GET /healthz``, ``GET /metrics``.
 
-    ``token``: if set, decode requests need ``Authorization: Bearer <token>``. Batching starts and drains with the
+    ``token``: if set, decode requests need ``Authorization: Bearer <token>``. ``read_timeout``: seconds a body
+    may take to arrive (408 after). Header limits are the server's: run the app with ``uvicorn_config``. Batching starts and drains with the
     app's lifespan (uvicorn runs it; in tests use ``with TestClient(app)``). ``app.state.metrics`` holds the counters.
     """
     from fastapi import FastAPI
 
     metrics = Metrics()
     batcher = Batcher(decoder, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
-                      pending=lambda: metrics.in_flight)
+                      pending=lambda: metrics.decoding)
     service = DecodeService(decoder, batcher.submit, max_body_bytes=max_body_bytes, token=token, metrics=metrics,
-                            queue_depth=batcher.queue_depth, ready=lambda: batcher.running)
+                            queue_depth=batcher.queue_depth, ready=lambda: batcher.running,
+                            read_timeout=read_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -404,8 +457,12 @@ def create_app(decoder: ServerDecoder, *, max_body_bytes: int = DEFAULT_MAX_BODY
         log.info("serving %s", service.info())
         try:
             yield
-        finally:
             await batcher.close()  # requests still queued get their answers before the worker stops
+        except asyncio.CancelledError:  # the loop is torn down (a second Ctrl-C): stop quietly, drain nothing
+            batcher.abort()
+        except BaseException:
+            batcher.abort()
+            raise
 
     async def healthz(request: Any) -> Any:
         return service.healthz()
@@ -424,19 +481,115 @@ def create_app(decoder: ServerDecoder, *, max_body_bytes: int = DEFAULT_MAX_BODY
 
 
 # --------------------------------------------------------------------------------------------------------
+# the server: uvicorn's h11 protocol with header limits, a connection limit
+# --------------------------------------------------------------------------------------------------------
+
+def _plain_response(status: int, reason: str, text: str) -> bytes:
+    body = (text + "\n").encode("ascii")
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode("ascii") + body
+
+
+def _guarded_protocol(max_header_bytes: int, header_timeout: float) -> type:
+    """uvicorn's h11 protocol, plus: the request line and headers must fit in ``max_header_bytes`` (else 431) and
+    arrive within ``header_timeout`` seconds of the connection or of the previous response (else 408)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._head_bytes = 0
+            self._head_tail = b""
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._awaiting_head = True
+            self._arm_head_timer()
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _refuse(self, status: int, reason: str, text: str) -> None:
+            self._disarm_head_timer()
+            self._awaiting_head = False
+            if not self.transport.is_closing():
+                self.transport.write(_plain_response(status, reason, text))
+                self.transport.close()
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._awaiting_head and (self.cycle is None or self.cycle.response_complete):
+                log.info("closing a connection whose request headers did not arrive within %gs", header_timeout)
+                self._refuse(408, "Request Timeout", f"the request headers did not arrive within "
+                                                     f"{header_timeout:g} s")
+
+        def data_received(self, data: bytes) -> None:
+            if self._awaiting_head:
+                window = self._head_tail + data
+                end = window.find(b"\r\n\r\n")
+                used = self._head_bytes + (end + 4 - len(self._head_tail) if end >= 0 else len(data))
+                if used > max_header_bytes:
+                    log.info("refusing a request with more than %d bytes of headers", max_header_bytes)
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"the request line and headers are over the limit of {max_header_bytes} bytes")
+                    return
+                if end >= 0:
+                    self._awaiting_head = False
+                    self._disarm_head_timer()
+                else:
+                    self._head_bytes = used
+                    self._head_tail = window[-3:]
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():  # the next request on this connection gets its own limits
+                self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
+                   graceful_timeout: float = 30.0, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                   read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+                   max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Any:
+    """The ``uvicorn.Config`` that ``edgesplit serve`` runs ``app`` with: headers capped at ``max_header_bytes``
+    (431) and due within ``read_timeout`` (408), at most ``max_connections`` connections at once (503 beyond)."""
+    import uvicorn
+
+    if max_header_bytes < 256 or max_connections < 1 or not read_timeout > 0:
+        raise ConfigError(f"max_header_bytes ({max_header_bytes}) must be >= 256, max_connections "
+                          f"({max_connections}) >= 1 and read_timeout ({read_timeout}) > 0")
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                          timeout_graceful_shutdown=graceful_timeout,
+                          http=_guarded_protocol(max_header_bytes, read_timeout),
+                          h11_max_incomplete_event_size=max_header_bytes + 1024,
+                          limit_concurrency=max_connections)
+
 
 class BackgroundServer:
-    """uvicorn serving ``app`` on a thread (tests, benchmarks, notebooks); ``stop()`` shuts down gracefully."""
+    """uvicorn serving ``app`` on a thread (tests, benchmarks, notebooks), configured as ``edgesplit serve`` runs it
+    (``limits``: ``uvicorn_config``'s); ``stop()`` shuts down gracefully."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, graceful_timeout: float = 30.0,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", **limits: Any) -> None:
         import uvicorn
 
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=graceful_timeout)
+        config = uvicorn_config(app, host=self.host, port=self.port, log_level=log_level,
+                                graceful_timeout=graceful_timeout, **limits)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                         name="edgesplit-uvicorn", daemon=True)

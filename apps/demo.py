@@ -90,18 +90,21 @@ def _jpeg_bytes_for_same_answer(teacher: Any, crop: np.ndarray, spec: Any) -> tu
     return decoded[-1][1], JPEG_QUALITIES[-1]
 
 
-def _display_names(bundle: Any) -> dict[str, str]:
-    """id -> display name: the bundle's own names, else samples/labels.yaml for the committed Imagenette models."""
-    carried = bundle.manifest.get("label_names")
-    if isinstance(carried, list) and len(carried) == len(bundle.labels):
-        return dict(zip(bundle.labels, map(str, carried)))
-    if LABEL_NAMES_FILE.is_file():
-        from edgesplit.labels import read_label_names
+def _names_file() -> dict[str, str] | None:
+    """samples/labels.yaml: the display names the demo exports the committed Imagenette models with."""
+    if not LABEL_NAMES_FILE.is_file():
+        return None
+    from edgesplit.labels import read_label_names
 
-        names = read_label_names(LABEL_NAMES_FILE)
-        if set(bundle.labels) <= set(names):
-            return names
-    return {}
+    return read_label_names(LABEL_NAMES_FILE)
+
+
+def _display_names(bundle: Any) -> dict[str, str]:
+    """id -> display name: the bundle's own names, else samples/labels.yaml when it names every label."""
+    if "label_names" in bundle.manifest:
+        return dict(zip(bundle.labels, bundle.label_names))
+    names = _names_file() or {}
+    return names if set(bundle.labels) <= set(names) else {}
 
 
 def _val_top1(checkpoint: Path) -> tuple[float, int] | None:
@@ -246,7 +249,7 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
                 say(f"exporting {split_ckpt.name} (ONNX + OpenVINO) ...")
                 split = export_checkpoint(split_ckpt, work / "split", formats=("onnx", "openvino"),
                                           calib=images_dir if labelled_dir else None, calib_images=8,
-                                          progress=lambda s: say(f"  {s}"))
+                                          progress=lambda s: say(f"  {s}"), label_names=_names_file())
             else:
                 split = own
                 say(f"running your split bundle {split.path} ({split.manifest.get('name', 'unnamed')})")
@@ -269,7 +272,7 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
             say(f"exporting full student {full_ckpt.name} at {precision} (OpenVINO) ...")
             fb = export_checkpoint(full_ckpt, work / "full", formats=("openvino",), precision=precision,
                                    calib=images_dir if labelled_dir else None, calib_images=len(images),
-                                   progress=lambda s: say(f"  {s}"))
+                                   progress=lambda s: say(f"  {s}"), label_names=_names_file())
             result["full_student"] = full = _full_part(fb, images, say)
             full["checkpoint"] = full_ckpt.name
             split_val, full_val = _val_top1(_weights(spec, "split_student")), _val_top1(full_ckpt)

@@ -150,6 +150,7 @@ def export_checkpoint(
     name: str | None = None,
     threads: int | None = None,
     tolerances: Mapping[str, float] | None = None,
+    label_names: Mapping[str, str] | None = None,
 ) -> Bundle:
     """Export a checkpoint (full model or split student) to a bundle at ``out`` and check it against torch.
 
@@ -159,7 +160,8 @@ def export_checkpoint(
     synthetic ones). Parity (batch 1 and 3): see ``TOLERANCES``, ``"binary"`` for a model with 1-bit layers (override
     keys with ``tolerances``); a failure raises
     ``ExportError`` with the numbers unless ``verify=False``. ``threads``: CPU threads for the parity and latency
-    sessions (None: the backends' defaults). ``progress`` receives one line per step.
+    sessions (None: the backends' defaults). ``progress`` receives one line per step. ``label_names`` (class id ->
+    display name) go into the manifest's ``label_names``; without them the checkpoint's own names (if any) do.
 
     A model that exports its own Q/DQ (a QAT student: ``export_module()`` with ``plugins.quant.qdq.fake_quant``)
     takes ``precision="int8"`` only and is not calibrated: its graph is used as exported, with every weight
@@ -188,7 +190,7 @@ def export_checkpoint(
         try:
             return _export(ckpt, dest, writer, Path(tmp), backends=backends, precision=precision, calib=calib,
                            calib_images=calib_images, verify=verify, steps=steps, name=name, threads=threads,
-                           tolerances=tolerances)
+                           tolerances=tolerances, label_names=label_names)
         except EdgesplitError:
             raise
         except Exception as exc:  # noqa: BLE001 - a foreign failure (torch, onnx, a plugin) ends the export
@@ -197,7 +199,8 @@ def export_checkpoint(
 
 def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, backends: list[str], precision: str,
             calib: str | Path | None, calib_images: int, verify: bool, steps: _Steps, name: str | None,
-            threads: int | None, tolerances: Mapping[str, float] | None) -> Bundle:
+            threads: int | None, tolerances: Mapping[str, float] | None,
+            label_names: Mapping[str, str] | None = None) -> Bundle:
     from edgesplit.train.checkpoint import load
 
     from . import _binary, _onnxruntime, _openvino
@@ -428,6 +431,7 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "shape": [-1, spec.size, spec.size, 3],
                   "preprocess": spec.to_dict()},
         "labels": labels,
+        **_label_names(labels, label_names, info.get("label_names"), ckpt.name),
         "opset": OPSET,
         "precision": precision,
         **({"binary_layers": n_binary} if n_binary else {}),
@@ -449,6 +453,15 @@ def _export(ckpt: Path, dest: Path, writer: BundleWriter, scratch: Path, *, back
     status = "parity checks passed" if not failures else "parity checks FAILED, kept because verify=False"
     steps.say(f"bundle {dest} (fingerprint {bundle.manifest['fingerprint']}, {status})")
     return bundle
+
+
+def _label_names(labels: list[str], given: Mapping[str, str] | None, carried: Any, source: str) -> dict[str, Any]:
+    """The manifest's ``label_names`` entry: the names given to the export, else the checkpoint's; none if neither
+    names any class."""
+    from edgesplit.labels import check_names, names_for
+
+    names = check_names(labels, given, source) if given else names_for(labels, None, carried)
+    return {"label_names": names} if names != labels else {}
 
 
 def _folding_text(specs: Iterable[Any]) -> str:

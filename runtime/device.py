@@ -30,24 +30,38 @@ DEFAULT_BATCH_SIZE = 32  # images per graph call in the *_batch methods (bounds 
 
 @dataclass(frozen=True, eq=False)
 class Prediction:
-    """Top-k of one image: ``labels`` best first with their softmax ``probs``; ``logits`` are all classes."""
+    """Top-k of one image: ``labels`` (class ids) best first with their display ``names`` and softmax ``probs``;
+    ``logits`` are all classes. A bundle without display names gives its ids as names."""
 
     labels: tuple[str, ...]
     probs: tuple[float, ...]
     logits: np.ndarray
     indices: tuple[int, ...]
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            object.__setattr__(self, "names", tuple(self.labels))
 
     @property
     def top1(self) -> str:
         return self.labels[0]
 
+    @property
+    def top1_name(self) -> str:
+        return self.names[0]
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: labels, probs, top1 (logits left out)."""
-        return {"labels": list(self.labels), "probs": list(self.probs), "top1": self.top1}
+        """JSON-ready: labels, names, probs, top1, top1_name (logits left out)."""
+        return {"labels": list(self.labels), "names": list(self.names), "probs": list(self.probs), "top1": self.top1,
+                "top1_name": self.top1_name}
 
 
-def predictions_from_logits(logits: np.ndarray, labels: Sequence[str], top_k: int) -> list[Prediction]:
-    """One ``Prediction`` per row of ``logits`` (N, classes); softmax in float64, ties broken by class index."""
+def predictions_from_logits(logits: np.ndarray, labels: Sequence[str], top_k: int,
+                            names: Sequence[str] | None = None) -> list[Prediction]:
+    """One ``Prediction`` per row of ``logits`` (N, classes); softmax in float64, ties broken by class index;
+    ``names``: display names parallel to ``labels`` (default: the labels)."""
+    names = labels if names is None else names
     logits = np.asarray(logits)
     wide = logits.astype(np.float64)
     wide -= wide.max(axis=1, keepdims=True)
@@ -56,7 +70,8 @@ def predictions_from_logits(logits: np.ndarray, labels: Sequence[str], top_k: in
     k = min(top_k, logits.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [Prediction(labels=tuple(labels[i] for i in row), probs=tuple(float(probs[n, i]) for i in row),
-                       logits=logits[n].copy(), indices=tuple(int(i) for i in row))
+                       logits=logits[n].copy(), indices=tuple(int(i) for i in row),
+                       names=tuple(str(names[i]) for i in row))
             for n, row in enumerate(order)]
 
 
@@ -278,7 +293,7 @@ class DeviceModel(_Runner):
             raise BundleError(f"{self.bundle.path}: the model returned logits of shape {logits.shape}; the manifest "
                               f"has {len(self.labels)} labels")
         t0 = time.perf_counter()
-        predictions = predictions_from_logits(logits, self.labels, self.top_k)
+        predictions = predictions_from_logits(logits, self.labels, self.top_k, self.bundle.label_names)
         self.last_timings = {"preprocess_ms": pre_ms, "graph_ms": graph_ms, "postprocess_ms": _ms(t0),
                              "total_ms": _ms(t_start), "images": len(batch)}
         return predictions

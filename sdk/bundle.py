@@ -156,6 +156,14 @@ def _check_codec(mpath: Path, value: Any) -> None:
                                                  "elements", shape)
 
 
+def _check_label_names(mpath: Path, value: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise _fail(mpath, "label_names", "a list of display names parallel to 'labels'", value)
+    bad = next((i for i, name in enumerate(value) if not isinstance(name, str) or not name), None)
+    if bad is not None:
+        raise _fail(mpath, f"label_names[{bad}]", "a non-empty string", value[bad])
+
+
 def _check_mapping(key: str) -> Any:
     def check(mpath: Path, value: Any) -> None:
         if not isinstance(value, dict):
@@ -173,7 +181,8 @@ def _check_train_split(mpath: Path, value: Any) -> None:
 # Keys every manifest has, and the optional keys that the runtime reads (others are informational).
 _REQUIRED = {"format_version": _check_version, "kind": _check_kind, "fingerprint": _check_fingerprint,
              "labels": _check_labels, "input": _check_input, "files": _check_files}
-_OPTIONAL = {"name": _check_name, "runtime": _check_mapping("runtime"), "train_split": _check_train_split}
+_OPTIONAL = {"name": _check_name, "runtime": _check_mapping("runtime"), "train_split": _check_train_split,
+             "label_names": _check_label_names}
 
 
 def _check_manifest(mpath: Path, manifest: Any) -> None:
@@ -191,6 +200,9 @@ def _check_manifest(mpath: Path, manifest: Any) -> None:
     for key, check in _OPTIONAL.items():
         if key in manifest:
             check(mpath, manifest[key])
+    if "label_names" in manifest and len(manifest["label_names"]) != len(manifest["labels"]):
+        raise BundleError(f"{mpath}: label_names has {len(manifest['label_names'])} names for "
+                          f"{len(manifest['labels'])} labels; re-export the bundle")
     kind = manifest["kind"]
     _check_parts(mpath, manifest["parts"], kind, manifest["files"])
     if kind == "split":
@@ -240,6 +252,11 @@ class Bundle:
     @property
     def labels(self) -> list[str]:
         return list(self.manifest["labels"])
+
+    @property
+    def label_names(self) -> list[str]:
+        """Display names parallel to ``labels`` (a bundle exported without names shows its ids)."""
+        return list(self.manifest.get("label_names") or self.manifest["labels"])
 
     @property
     def preprocess(self) -> Preprocess:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgesplit.bitstream import Frame
-from edgesplit.errors import BackendUnavailable, EdgesplitError
+from edgesplit.errors import BackendUnavailable, ConfigError, EdgesplitError
 
 from .device import Prediction
 from .server import ServerDecoder
@@ -151,6 +151,7 @@ def serve_bundle(bundle_path: str | Path, *, host: str = "127.0.0.1", port: int 
     local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if not blocking:
         connect()
+        check_cpus(ray, app_kwargs.get("num_replicas", 1), app_kwargs["threads"])
         serve.start(http_options={"host": host, "port": port})
         return serve.run(build_app(bundle_path, **app_kwargs), name=APP_NAME, route_prefix="/")
 
@@ -159,6 +160,7 @@ def serve_bundle(bundle_path: str | Path, *, host: str = "127.0.0.1", port: int 
 
     def _start() -> None:
         connect()
+        check_cpus(ray, app_kwargs.get("num_replicas", 1), app_kwargs["threads"])
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(bundle_path, **app_kwargs), name=APP_NAME, route_prefix="/")
 
@@ -178,6 +180,17 @@ def serve_bundle(bundle_path: str | Path, *, host: str = "127.0.0.1", port: int 
         signal.signal(signal.SIGTERM, previous)
         _shutdown(ray, serve, local, keep=before)
     return None
+
+
+def check_cpus(ray: Any, num_replicas: int, threads: int) -> None:
+    """A ``ConfigError`` when the replicas reserve more CPUs than the connected Ray has: Ray would otherwise queue
+    the replicas that do not fit and the deployment would never become ready."""
+    available = float(ray.cluster_resources().get("CPU", 0.0))
+    needed = num_replicas * (threads or 1)
+    if needed > available:
+        raise ConfigError(f"--replicas {num_replicas} x --threads {threads or 1} reserve {needed} CPUs, but the Ray "
+                          f"cluster has {available:g}; lower --replicas or --threads (each replica reserves --threads "
+                          "CPUs), or connect to a larger cluster with RAY_ADDRESS")
 
 
 def _run_bounded(fn: Callable[[], None], timeout: float, what: str) -> None:

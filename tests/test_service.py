@@ -266,7 +266,7 @@ def test_ray_serve_deployment(split_bundle: Path, decoder: ServerDecoder, payloa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    connect(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    connect(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")  # loopback only
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         handle = serve.run(build_app(split_bundle, max_batch=8, max_wait_ms=50, token=TOKEN), name=APP_NAME,

@@ -1,10 +1,15 @@
-"""Rate-accuracy benchmark: Entropic Students (one per beta) against the teacher on JPEG, WebP and raw inputs.
+"""Rate-accuracy benchmark: Entropic Students (one per beta) against the teacher on JPEG, WebP, AVIF, JPEG XL and raw
+inputs.
 
     python bench/rd.py --data DATASET_DIR [--split val] [--students samples/weights/entropic_*.safetensors]
+                       [--reuse bench/results/rd.json] --overwrite
 
 Every point runs the real path (`edgesplit eval`): students through symbols -> FactorizedCodec -> bitstream ->
-decode; the teacher on each image after encoding it with Pillow at each quality. Writes bench/results/rd.json,
-bench/rd.png and prints the markdown table for bench/BENCHMARKS.md.
+decode; the teacher on each image after encoding it with Pillow at each quality (settings: CODEC_OPTIONS in
+edgesplit.train.evaluate). `--reuse FILE` takes input-codec points already measured there for the same teacher
+file, split and limit instead of encoding again. Writes bench/results/rd.json, bench/rd.png and prints the markdown
+table for bench/BENCHMARKS.md. The comparison for each student is the smallest mean size among the four codecs that
+reaches its top-1, interpolated in log-bytes between measured qualities.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# 1 and 2 reach below WebP q5 (~800 B at 128 px), where the students are
-QUALITIES = {"jpeg": [1, 2, 5, 10, 20, 30, 50, 70, 85, 95], "webp": [1, 2, 5, 10, 20, 30, 50, 70, 85, 95]}
+# 1 and 2 reach below WebP q5 (~800 B at 128 px), where the students are; AVIF and JPEG XL bottom out near 560 and
+# 690 B at 128 px (quality 0), so their lists start there
+QUALITIES = {"jpeg": [1, 2, 5, 10, 20, 30, 50, 70, 85, 95], "webp": [1, 2, 5, 10, 20, 30, 50, 70, 85, 95],
+             "avif": [0, 5, 10, 20, 30, 40, 50, 60, 75], "jxl": [1, 5, 10, 20, 30, 50, 70, 85]}
+AVIF_SPEED_CHECK = {"images": 100, "qualities": [10, 40], "speeds": [0, 2, 4]}
 
 
 def iso_accuracy_bytes(points: list[dict], method: str, top1: float) -> float | None:
@@ -39,11 +47,40 @@ def beta_of(checkpoint: str) -> float:
     return float(token.replace("p", "."))
 
 
-def run(data: str, split: str, students: list[str], teacher: str, limit: int | None) -> dict:
+def _reusable(path: str | None, teacher_sha: str, split: str, limit: int | None) -> dict[tuple[str, int], dict]:
+    if not path or not Path(path).is_file():
+        return {}
+    old = json.loads(Path(path).read_text())
+    if old.get("teacher_sha256") != teacher_sha or old.get("split") != split or old.get("limit") != limit:
+        print(f"--reuse {path}: another teacher, split or limit; measuring everything", file=sys.stderr)
+        return {}
+    return {(p["method"], p["param"]): p for p in old["points"] if p["method"] in QUALITIES}
+
+
+def avif_speed_check(data: str, teacher: str) -> list[dict]:
+    """AVIF's bytes and top-1 at several encoder speeds on the first images of the validation split."""
+    from edgesplit.train.evaluate import CODEC_OPTIONS, evaluate_checkpoint
+
+    rows = []
+    for q in AVIF_SPEED_CHECK["qualities"]:
+        for speed in AVIF_SPEED_CHECK["speeds"]:
+            r = evaluate_checkpoint(teacher, data, split="val", limit=AVIF_SPEED_CHECK["images"], input_codec="avif",
+                                    quality=q, codec_options={"speed": speed})
+            rows.append({"quality": q, "speed": speed, "mean_bytes": r["mean_input_bytes"], "top1": r["top1"],
+                         "seconds": r["seconds"], "images": r["images"], "used": speed == CODEC_OPTIONS["avif"]["speed"]})
+            print(f"avif q={q} speed={speed}: {r['mean_input_bytes']:.0f} B, top1 {r['top1']:.3f}, {r['seconds']} s",
+                  file=sys.stderr)
+    return rows
+
+
+def run(data: str, split: str, students: list[str], teacher: str, limit: int | None,
+        reuse: str | None = None) -> dict:
     from edgesplit.plugins.entropic import file_sha256
     from edgesplit.train import read_metadata
-    from edgesplit.train.evaluate import evaluate_checkpoint
+    from edgesplit.train.evaluate import CODEC_OPTIONS, evaluate_checkpoint
 
+    teacher_sha = file_sha256(teacher)
+    cached = _reusable(reuse, teacher_sha, split, limit)
     points: list[dict] = []
     raw = evaluate_checkpoint(teacher, data, split=split, limit=limit)
     size = raw_size = None
@@ -54,9 +91,12 @@ def run(data: str, split: str, students: list[str], teacher: str, limit: int | N
     print(f"raw: top1 {raw['top1']:.4f}", file=sys.stderr)
     for method, qualities in QUALITIES.items():
         for q in qualities:
+            if (method, q) in cached:
+                points.append(cached[(method, q)])
+                continue
             r = evaluate_checkpoint(teacher, data, split=split, limit=limit, input_codec=method, quality=q)
             points.append({"method": method, "param": q, "top1": r["top1"], "mean_bytes": r["mean_input_bytes"],
-                           "images": r["images"], "checkpoint": teacher})
+                           "images": r["images"], "checkpoint": teacher, "options": CODEC_OPTIONS[method]})
             print(f"{method} q={q}: top1 {r['top1']:.4f}, {r['mean_input_bytes']:.0f} B", file=sys.stderr)
     for ckpt in students:
         beta = beta_of(ckpt)
@@ -67,11 +107,14 @@ def run(data: str, split: str, students: list[str], teacher: str, limit: int | N
         print(f"entropic beta={beta}: top1 {r['top1']:.4f}, {r['mean_payload_bytes']:.1f} B", file=sys.stderr)
     for p in points:
         if p["method"] == "entropic":
-            best = [b for b in (iso_accuracy_bytes(points, m, p["top1"]) for m in QUALITIES) if b is not None]
-            p["iso_accuracy_baseline_bytes"] = min(best) if best else None
-            p["bytes_ratio_vs_baseline"] = (p["mean_bytes"] / min(best)) if best else None
+            best = [(b, m) for m in QUALITIES if (b := iso_accuracy_bytes(points, m, p["top1"])) is not None]
+            p["iso_accuracy_per_codec"] = {m: iso_accuracy_bytes(points, m, p["top1"]) for m in QUALITIES}
+            p["iso_accuracy_baseline_bytes"] = min(best)[0] if best else None
+            p["iso_accuracy_codec"] = min(best)[1] if best else None
+            p["bytes_ratio_vs_baseline"] = (p["mean_bytes"] / min(best)[0]) if best else None
     return {"data": data, "split": split, "limit": limit, "teacher": teacher,
-            "teacher_sha256": file_sha256(teacher),  # which teacher the baselines belong to
+            "teacher_sha256": teacher_sha,  # which teacher the baselines belong to
+            "codec_options": CODEC_OPTIONS,
             "image_size": size, "points": points,
             "command": f"python bench/rd.py --data {data} --split {split}"}
 
@@ -84,11 +127,11 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"jpeg": "s--", "webp": "^--", "entropic": "o-"}
+    styles = {"jpeg": "s--", "webp": "^--", "avif": "v--", "jxl": "D--", "entropic": "o-"}
     for method, style in styles.items():
         pts = sorted((p["mean_bytes"], p["top1"] * 100) for p in result["points"] if p["method"] == method)
         if pts:
-            ax.plot(*zip(*pts), style, label={"entropic": "Entropic Student (payload; labels: beta)"}.get(method, f"teacher on {method.upper()}"))
+            ax.plot(*zip(*pts), style, label={"entropic": "Entropic Student (payload; labels: beta)"}.get(method, f"teacher on {_CODEC_NAMES.get(method, method)}"))
     raw = next(p for p in result["points"] if p["method"] == "raw")
     ax.axhline(raw["top1"] * 100, color="gray", lw=1, ls=":", label=f"teacher, raw input ({raw['mean_bytes']:.0f} B)")
     ax.axhline(raw["top1"] * 100 - 1, color="tab:red", lw=0.8, ls=":", label="target: teacher - 1 point")
@@ -112,17 +155,21 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+_CODEC_NAMES = {"jpeg": "JPEG", "webp": "WebP", "avif": "AVIF", "jxl": "JPEG XL"}
+
+
 def table(result: dict) -> str:
-    rows = ["| method | beta / quality | top-1 (%) | mean bytes | info bytes | smallest JPEG/WebP bytes at this top-1 | bytes / that |",
+    rows = ["| method | beta / quality | top-1 (%) | mean bytes | info bytes | smallest JPEG/WebP/AVIF/JPEG XL bytes at this top-1 | bytes / that |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    order = {"raw": 0, "jpeg": 1, "webp": 2, "entropic": 3}
+    order = {"raw": 0, "jpeg": 1, "webp": 2, "avif": 3, "jxl": 4, "entropic": 5}
     for p in sorted(result["points"], key=lambda p: (order.get(p["method"], 4), p["mean_bytes"])):
         param = "-" if p["param"] is None else p["param"]
         info = f"{p['mean_information_bytes']:.0f}" if "mean_information_bytes" in p else "-"
         iso, ratio = p.get("iso_accuracy_baseline_bytes"), p.get("bytes_ratio_vs_baseline")
         iso_s = "-" if p["method"] != "entropic" else ("never reached" if iso is None else f"{iso:.0f}")
         ratio_s = f"{ratio:.2f}" if ratio else "-"
-        rows.append(f"| {p['method']} | {param} | {p['top1'] * 100:.2f} | {p['mean_bytes']:.0f} | {info} | {iso_s} | {ratio_s} |")
+        via = f" ({_CODEC_NAMES[p['iso_accuracy_codec']]})" if p.get("iso_accuracy_codec") else ""
+        rows.append(f"| {p['method']} | {param} | {p['top1'] * 100:.2f} | {p['mean_bytes']:.0f} | {info} | {iso_s}{via} | {ratio_s} |")
     return "\n".join(rows)
 
 
@@ -141,16 +188,24 @@ def main() -> int:
     ap.add_argument("--students", nargs="*", default=sorted(glob.glob(str(REPO / "samples/weights/entropic_*.safetensors"))))
     ap.add_argument("--out", default=str(REPO / "bench/results/rd.json"))
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out (a committed result)")
+    ap.add_argument("--reuse", help="take input-codec points from this earlier rd.json (same teacher, split, limit)")
+    ap.add_argument("--avif-speed-check", action="store_true", help="also measure AVIF at encoder speeds 0/2/4")
     args = ap.parse_args()
     if Path(args.out).exists() and not args.overwrite:
         ap.error(f"{args.out} exists (a committed result); pass --overwrite to replace it, or --out elsewhere")
-    result = run(args.data, args.split, args.students, args.teacher, args.limit)
+    result = run(args.data, args.split, args.students, args.teacher, args.limit, reuse=args.reuse)
+    if args.avif_speed_check:
+        result["avif_speed_check"] = avif_speed_check(args.data, args.teacher)
+    result["command"] = "python bench/rd.py " + " ".join(sys.argv[1:])
     result["teacher"] = _repo_relative(result["teacher"])
     for p in result["points"]:
         p["checkpoint"] = _repo_relative(p["checkpoint"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, REPO / "bench" / "rd.png")
+    tmp = Path(args.out).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    default_out = Path(args.out).resolve() == (REPO / "bench/results/rd.json").resolve()
+    plot(result, REPO / "bench" / "rd.png" if default_out else Path(args.out).with_suffix(".png"))
     print(table(result))
     return 0
 

@@ -99,10 +99,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, split=args.split)
     else:
-        if args.quality is not None and not 1 <= args.quality <= 100:
-            raise ConfigError(f"--quality must be in 1..100, got {args.quality}")
         if args.quality is not None and args.input_codec is None:
-            raise ConfigError("--quality needs --input-codec jpeg|webp")
+            raise ConfigError("--quality needs --input-codec jpeg|webp|avif|jxl")
+        low = 0 if args.input_codec in ("avif", "jxl") else 1
+        if args.quality is not None and not low <= args.quality <= 100:
+            raise ConfigError(f"--quality must be in {low}..100 for {args.input_codec}, got {args.quality}")
         try:
             from .train.evaluate import evaluate_checkpoint
         except ModuleNotFoundError as exc:
@@ -156,8 +157,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, help="evaluate a seeded subset of N images")
     sp.add_argument("--split", choices=["all", "val"], default="all",
                     help="'val': only the checkpoint's own held-out split of --data (the training directory)")
-    sp.add_argument("--input-codec", choices=["jpeg", "webp"], help="compress each preprocessed image first")
-    sp.add_argument("--quality", type=int, help="input codec quality (1-100)")
+    sp.add_argument("--input-codec", choices=["jpeg", "webp", "avif", "jxl"],
+                    help="compress each preprocessed image first (avif, jxl: pip install edgesplit[codecs])")
+    sp.add_argument("--quality", type=int, help="input codec quality (jpeg, webp: 1-100; avif, jxl: 0-100)")
     sp.add_argument("--backend", default="onnxruntime", help="runtime backend for bundles")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_eval)

@@ -15,32 +15,58 @@ import torch
 from PIL import Image
 
 from edgesplit.data import ImageFolder, stratified_split
-from edgesplit.errors import ConfigError, DataError
+from edgesplit.errors import BackendUnavailable, ConfigError, DataError
 from edgesplit.interfaces import SplitModel
 from edgesplit.preprocess import Preprocess, eval_crop
 
 from .checkpoint import load
 from .engine import to_input
 
-__all__ = ["INPUT_CODECS", "compress_image", "select_indices", "evaluate_checkpoint", "file_fingerprint"]
+__all__ = ["INPUT_CODECS", "CODEC_OPTIONS", "compress_image", "select_indices", "evaluate_checkpoint", "file_fingerprint"]
 
-INPUT_CODECS = ("jpeg", "webp")
+INPUT_CODECS = ("jpeg", "webp", "avif", "jxl")
+
+# The strongest settings each codec offers through Pillow, so the baselines are not strawmen: optimized Huffman
+# tables for JPEG (4:2:0, what cameras and browsers send), WebP's slowest method, JPEG XL's highest effort, and AVIF
+# (libaom) at speed 4: on 128 px crops speeds 0 and 2 gave the same bytes within 1% at 3-10x the encode time
+# (bench/results/rd.json, "avif_speed_check").
+CODEC_OPTIONS: dict[str, dict[str, Any]] = {
+    "jpeg": {"subsampling": 2, "optimize": True},
+    "webp": {"method": 6},
+    "avif": {"speed": 4},
+    "jxl": {"effort": 9},
+}
 
 
-def compress_image(crop: np.ndarray, codec: str, quality: int) -> tuple[np.ndarray, int]:
+def _codec_available(codec: str) -> None:
+    """Register the Pillow plugin a codec needs, or say which extra installs it."""
+    from PIL import features
+
+    if codec == "avif" and not features.check("avif"):
+        try:
+            import pillow_avif  # noqa: F401  (registers AVIF with Pillow)
+        except ImportError as exc:
+            raise BackendUnavailable("the AVIF input codec needs Pillow >= 11.3 with AVIF or pillow-avif-plugin: "
+                                     "pip install edgesplit[codecs]") from exc
+    if codec == "jxl":
+        try:
+            import pillow_jxl  # noqa: F401  (registers JPEG XL with Pillow)
+        except ImportError as exc:
+            raise BackendUnavailable("the JPEG XL input codec needs pillow-jxl-plugin: "
+                                     "pip install edgesplit[codecs]") from exc
+
+
+def compress_image(crop: np.ndarray, codec: str, quality: int,
+                   options: dict[str, Any] | None = None) -> tuple[np.ndarray, int]:
     """Encode a uint8 HxWx3 crop with Pillow at ``quality``; return the decoded image and the encoded size."""
     if codec not in INPUT_CODECS:
         raise ConfigError(f"unknown input codec {codec!r}; choose one of {', '.join(INPUT_CODECS)}")
-    if not 1 <= quality <= 100:
-        raise ConfigError(f"input codec quality must be 1..100, got {quality}")
+    low = 0 if codec in ("avif", "jxl") else 1
+    if not low <= quality <= 100:
+        raise ConfigError(f"{codec} quality must be {low}..100, got {quality}")
+    _codec_available(codec)
     buf = io.BytesIO()
-    opts: dict[str, Any] = {"quality": quality}
-    # the strongest settings Pillow offers, so the baselines are not strawmen: optimized Huffman tables for JPEG,
-    # the slowest (best) compression method for WebP
-    if codec == "jpeg":
-        opts.update(subsampling=2, optimize=True)  # 4:2:0, what cameras and browsers send
-    else:
-        opts["method"] = 6
+    opts: dict[str, Any] = {"quality": quality, **CODEC_OPTIONS[codec], **(options or {})}
     Image.fromarray(crop, "RGB").save(buf, format=codec.upper(), **opts)
     data = buf.getvalue()
     with Image.open(io.BytesIO(data)) as im:
@@ -72,13 +98,14 @@ def select_indices(dataset: ImageFolder, split: str, info: dict[str, Any], limit
 
 
 def _batches(dataset: ImageFolder, idx: np.ndarray, spec: Preprocess, batch_size: int, codec: str | None,
-             quality: int | None) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
+             quality: int | None, options: dict[str, Any] | None = None
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
     for start in range(0, len(idx), batch_size):
         crops, labels, sizes = [], [], []
         for i in idx[start:start + batch_size]:
             crop = eval_crop(dataset.samples[int(i)].path, spec)
             if codec is not None:
-                crop, n = compress_image(crop, codec, int(quality or 75))
+                crop, n = compress_image(crop, codec, 75 if quality is None else int(quality), options)
                 sizes.append(n)
             crops.append(crop)
             labels.append(dataset.samples[int(i)].label)
@@ -88,6 +115,7 @@ def _batches(dataset: ImageFolder, idx: np.ndarray, spec: Preprocess, batch_size
 @torch.no_grad()
 def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None = None, split: str = "all",
                         input_codec: str | None = None, quality: int | None = None,
+                        codec_options: dict[str, Any] | None = None,
                         batch_size: int = 64) -> dict[str, Any]:
     """Evaluate a checkpoint; split students go image by image through symbols -> codec -> bitstream -> decode."""
     from edgesplit import bitstream
@@ -106,7 +134,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None
     fingerprint = file_fingerprint(path)
     correct, n, input_bytes, payload_bytes, info_bits = 0, 0, [], [], []
     t0 = time.time()
-    for xb, yb, sizes in _batches(dataset, idx, spec, batch_size, input_codec, quality):
+    for xb, yb, sizes in _batches(dataset, idx, spec, batch_size, input_codec, quality, codec_options):
         x = to_input(xb, spec)
         if is_split:
             symbols = model.encode_symbols(x).numpy()  # type: ignore[operator]

@@ -29,7 +29,7 @@ FINGERPRINT_BYTES = 8
 MAX_NDIM = 8
 MAX_DIM = (1 << 31) - 1
 # Byte on the wire -> codec id. Append only: a byte, once given out, keeps its meaning.
-CODEC_IDS: dict[int, str] = {1: "factorized-v1", 2: "factorized-v2"}
+CODEC_IDS: dict[int, str] = {1: "factorized-v1", 2: "factorized-v2", 3: "factorized-v3"}
 _CODEC_BYTES = {name: byte for byte, name in CODEC_IDS.items()}
 
 _CRC_BYTES = 4

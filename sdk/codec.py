@@ -1,7 +1,8 @@
 """Factorized entropy codec: int32 symbols of shape (C, ...) <-> ANS payload bytes, one integer pmf per channel.
 
 Torch-free; the coder is ``constriction``'s ANS. Values outside a table's support take an escape path (lossless).
-``factorized-v2`` payloads drop the zero high bytes of the coder's last word; ``factorized-v1`` (word-aligned)
+``factorized-v3`` payloads start the coder from a fixed check state that decoding must end on exactly, and drop the
+zero high bytes of the coder's last word; ``factorized-v2`` (no check state) and ``factorized-v1`` (word-aligned)
 payloads from older bundles still decode.
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "CODEC_ID",
     "CODEC_IDS",
     "LEGACY_CODEC_ID",
+    "V2_CODEC_ID",
     "PRECISION",
     "ESCAPE_WEIGHT",
     "MAX_SUPPORT",
@@ -28,9 +30,14 @@ __all__ = [
     "discretized_laplace_pmfs",
 ]
 
-CODEC_ID = "factorized-v2"  # what new tables code with
+CODEC_ID = "factorized-v3"  # what new tables code with
 LEGACY_CODEC_ID = "factorized-v1"  # whole 32-bit words; decoded for bundles exported before v2
-CODEC_IDS = (LEGACY_CODEC_ID, CODEC_ID)
+V2_CODEC_ID = "factorized-v2"  # byte-trimmed, no check state; decoded for bundles exported before v3
+CODEC_IDS = (LEGACY_CODEC_ID, V2_CODEC_ID, CODEC_ID)
+# v3's coder starts from this state instead of 0, and a payload must decode back to exactly it. A corrupted v1/v2
+# payload often decodes cleanly: once its words run out the coder's state falls to 0, the empty state, and stays
+# there; a v3 payload must instead land on these 17 bits, which costs about 1.5 bytes per payload.
+_CHECK_STATE = 0x1A5A5
 PRECISION = 24  # constriction's default ANS coder works with 24-bit probabilities
 TOTAL = 1 << PRECISION
 ESCAPE_WEIGHT = 1 << (PRECISION - 16)  # escape probability 2^-16: ~2e-5 bits per in-support symbol
@@ -199,7 +206,8 @@ class FactorizedCodec:
 
     @property
     def codec_id(self) -> str:
-        """The payload layout: ``factorized-v2`` (byte-trimmed) or the legacy ``factorized-v1`` (word-aligned)."""
+        """The payload layout: ``factorized-v3`` (check state, byte-trimmed), or the older ``factorized-v2``
+        (byte-trimmed) or ``factorized-v1`` (word-aligned)."""
         return self._codec_id
 
     @property
@@ -263,7 +271,8 @@ class FactorizedCodec:
         """Code ``symbols`` (integer array of shape (C, ...)) into payload bytes."""
         flat = self._check_symbols(symbols)
         cat, _, above, distance = self._split(flat)
-        coder = _stream.stack.AnsCoder()
+        coder = (_stream.stack.AnsCoder(np.array([_CHECK_STATE], dtype=np.uint32)) if self._codec_id == CODEC_ID
+                 else _stream.stack.AnsCoder())
         # ANS is a stack: push in reverse of the decode order (channel symbols, headers, low, high chunks).
         if distance.size:
             length = _bit_length(distance)
@@ -303,7 +312,7 @@ class FactorizedCodec:
         else:
             if _trailing_zero_bytes(data):
                 raise BitstreamError(
-                    f"payload ends in a zero byte, which a {CODEC_ID} encoder never writes; it is corrupted"
+                    f"payload ends in a zero byte, which a {self._codec_id} encoder never writes; it is corrupted"
                 )
             data += bytes(-len(data) % 4)
         words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
@@ -338,12 +347,21 @@ class FactorizedCodec:
             if (value < _INT32_MIN).any() or (value > _INT32_MAX).any():
                 raise BitstreamError("payload decodes to a value outside int32; it is corrupted")
             values[channel, position] = value
-        if not coder.is_empty():
-            raise BitstreamError(
-                f"payload has {coder.num_valid_bits()} bits left after decoding shape {shape}; "
-                "it is corrupted, or was coded with other tables or another shape"
-            )
+        self._check_end(coder, shape)
         return values.astype(np.int32).reshape(shape)
+
+    def _check_end(self, coder: Any, shape: tuple[int, ...]) -> None:
+        """Every word consumed, and the coder back at the state encoding started from (v3: the check state)."""
+        if self._codec_id == CODEC_ID:
+            rest = coder.get_compressed()
+            if rest.shape == (1,) and int(rest[0]) == _CHECK_STATE:
+                return
+        elif coder.is_empty():
+            return
+        raise BitstreamError(
+            f"payload does not end where its encoder began after decoding shape {shape} "
+            f"({coder.num_valid_bits()} bits left); it is corrupted, or was coded with other tables or another shape"
+        )
 
     def _check_shape(self, shape: Any) -> tuple[int, ...]:
         try:
@@ -361,6 +379,12 @@ class FactorizedCodec:
 def _legacy_factorized_codec(pmfs: Any, offsets: Any) -> FactorizedCodec:
     """The same tables coding word-aligned ``factorized-v1`` payloads (bundles exported before v2)."""
     return FactorizedCodec(pmfs, offsets, codec_id=LEGACY_CODEC_ID)
+
+
+@register("codec", V2_CODEC_ID)
+def _v2_factorized_codec(pmfs: Any, offsets: Any) -> FactorizedCodec:
+    """The same tables coding ``factorized-v2`` payloads, without the check state (bundles exported before v3)."""
+    return FactorizedCodec(pmfs, offsets, codec_id=V2_CODEC_ID)
 
 
 def discretized_laplace_pmfs(scales: Any, half_width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,8 @@ from hypothesis.extra import numpy as hnp
 
 from edgesplit import create
 from edgesplit.bitstream import pack, unpack
-from edgesplit.codec import CODEC_ID, LEGACY_CODEC_ID, PRECISION, FactorizedCodec, discretized_laplace_pmfs
+from edgesplit.codec import (CODEC_ID, LEGACY_CODEC_ID, PRECISION, V2_CODEC_ID, FactorizedCodec,
+                             discretized_laplace_pmfs)
 from edgesplit.errors import BitstreamError, ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -59,7 +60,11 @@ def test_round_trip_random_tables(case: tuple[FactorizedCodec, np.ndarray]) -> N
     out = codec.decode(payload, symbols.shape)
     assert out.dtype == np.int32 and out.shape == symbols.shape
     np.testing.assert_array_equal(out, symbols)
+    assert not payload or payload[-1] != 0
     # v2 is the word-aligned v1 payload less the zero high bytes of its last word (at most 3), never ending in 0
+    v2 = FactorizedCodec.from_arrays(codec.to_arrays(), codec_id=V2_CODEC_ID)
+    payload = v2.encode(symbols)
+    np.testing.assert_array_equal(v2.decode(payload, symbols.shape), symbols)
     legacy = FactorizedCodec.from_arrays(codec.to_arrays(), codec_id=LEGACY_CODEC_ID)
     aligned = legacy.encode(symbols)
     assert len(aligned) % 4 == 0 and aligned.startswith(payload) and len(aligned) - len(payload) <= 3
@@ -154,7 +159,8 @@ def test_same_bytes_in_other_processes() -> None:
     assert outputs == {hashlib.sha256(codec.encode(symbols)).hexdigest() + "\nFalse\n"}
 
 
-@pytest.mark.parametrize("codec_id, name", [(LEGACY_CODEC_ID, "frame.bin"), (CODEC_ID, "frame_v2.bin")])
+@pytest.mark.parametrize("codec_id, name", [(LEGACY_CODEC_ID, "frame.bin"), (V2_CODEC_ID, "frame_v2.bin"),
+                                            (CODEC_ID, "frame_v3.bin")])
 def test_golden_frame_is_reproduced_byte_for_byte(codec_id: str, name: str) -> None:
     with np.load(GOLDEN / "codec_tables.npz", allow_pickle=False) as stored:
         codec = FactorizedCodec.from_arrays(dict(stored), codec_id=codec_id)
@@ -177,7 +183,7 @@ def test_golden_v2_frame_is_the_v1_frame_less_zero_bytes() -> None:
     assert v1.payload[len(v2.payload):] == bytes(len(v1.payload) - len(v2.payload))
 
 
-@pytest.mark.parametrize("codec_id", [CODEC_ID, LEGACY_CODEC_ID])
+@pytest.mark.parametrize("codec_id", [CODEC_ID, V2_CODEC_ID, LEGACY_CODEC_ID])
 def test_registered_as_codec_component(codec_id: str) -> None:
     pmfs, offsets = discretized_laplace_pmfs([1.0, 2.0], 5)
     codec = create("codec", codec_id, pmfs=pmfs, offsets=offsets)
@@ -251,7 +257,7 @@ def test_decode_rejects_bad_payloads_and_shapes() -> None:
     with pytest.raises(BitstreamError, match="corrupted"):
         codec.decode(payload + b"\x07\x00\x00\x00", (2, 6))
     in_support = codec.encode(np.arange(-6, 6, dtype=np.int32).reshape(2, 6) // 2)
-    with pytest.raises(BitstreamError, match="bits left"):
+    with pytest.raises(BitstreamError, match="does not end where its encoder began"):
         codec.decode(in_support, (2, 3))
     with pytest.raises(BitstreamError, match="bytes"):
         codec.decode("payload", (2, 6))  # type: ignore[arg-type]
@@ -282,3 +288,44 @@ def test_laplace_tables() -> None:
     for scales, half_width in [([], 3), ([0.0], 3), ([1.0], -1), ([1.0], 2.5)]:
         with pytest.raises(ConfigError):
             discretized_laplace_pmfs(scales, half_width)  # type: ignore[arg-type]
+
+
+def _flips(payload: bytes) -> list[bytes]:
+    out = []
+    for bit in range(len(payload) * 8):
+        b = bytearray(payload)
+        b[bit // 8] ^= 1 << (bit % 8)
+        out.append(bytes(b))
+    return out
+
+
+def test_v3_detects_corruption_that_v2_decodes() -> None:
+    """A student's tables (``student_codec.npz``: the beta 4e-5 split student, many channels it does not use) and
+    two of its latents: a corrupted v2 payload's coder often runs dry, falls to the empty state and decodes
+    cleanly into other symbols; v3's check state catches every single-bit flip of these payloads."""
+    with np.load(GOLDEN / "student_codec.npz", allow_pickle=False) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    latents = arrays.pop("symbols")
+    v3 = FactorizedCodec.from_arrays(arrays)
+    v2 = FactorizedCodec.from_arrays(arrays, codec_id=V2_CODEC_ID)
+    undetected = {CODEC_ID: 0, V2_CODEC_ID: 0}
+    for symbols in latents:
+        for codec in (v3, v2):
+            for corrupt in _flips(codec.encode(symbols))[::3]:
+                try:
+                    codec.decode(corrupt, symbols.shape)
+                    undetected[codec.codec_id] += 1
+                except BitstreamError:
+                    pass
+    assert undetected[CODEC_ID] == 0, undetected
+    assert undetected[V2_CODEC_ID] > 100, undetected  # what the check state is for
+
+
+def test_older_layouts_still_decode_and_are_told_apart() -> None:
+    codec = laplace_codec(channels=3, half_width=4)
+    symbols = np.arange(-18, 18, dtype=np.int32).reshape(3, 3, 4) // 4
+    for codec_id in (LEGACY_CODEC_ID, V2_CODEC_ID):
+        old = FactorizedCodec.from_arrays(codec.to_arrays(), codec_id=codec_id)
+        np.testing.assert_array_equal(old.decode(old.encode(symbols), symbols.shape), symbols)
+        with pytest.raises(BitstreamError):
+            codec.decode(old.encode(symbols), symbols.shape)  # a v3 decoder refuses an older payload

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.bitstream import pack
-from edgesplit.codec import CODEC_ID, LEGACY_CODEC_ID, FactorizedCodec, discretized_laplace_pmfs
+from edgesplit.codec import CODEC_ID, LEGACY_CODEC_ID, V2_CODEC_ID, FactorizedCodec, discretized_laplace_pmfs
 
 HERE = Path(__file__).resolve().parent
 FINGERPRINT = bytes.fromhex("0123456789abcdef")
@@ -35,7 +35,8 @@ def main() -> None:
     np.savez(HERE / "codec_tables.npz", **codec.to_arrays())
     np.save(HERE / "symbols.npy", symbols, allow_pickle=False)
     (HERE / "frame.bin").write_bytes(frame)
-    (HERE / "frame_v2.bin").write_bytes(make(CODEC_ID)[2])
+    (HERE / "frame_v2.bin").write_bytes(make(V2_CODEC_ID)[2])
+    (HERE / "frame_v3.bin").write_bytes(make(CODEC_ID)[2])
 
 
 if __name__ == "__main__":

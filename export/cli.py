@@ -4,8 +4,12 @@ heavy until the command runs)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from typing import Any, Iterator
 
 __all__ = ["register_cli"]
 
@@ -18,15 +22,33 @@ def _names(path: str | None) -> dict[str, str] | None:
     return read_label_names(path)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a job scheduler, `docker stop`) ends the export like Ctrl-C: the partial bundle is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from . import REPORT_FILE, export_checkpoint, report_table
 
-    bundle = export_checkpoint(
-        args.checkpoint, args.out, formats=args.format, precision=args.precision, calib=args.calib,
-        calib_images=args.calib_images, verify=not args.no_verify, overwrite=args.overwrite,
-        progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True), name=args.name,
-        threads=args.threads, label_names=_names(args.label_names),
-    )
+    with _sigterm_as_interrupt():
+        bundle = export_checkpoint(
+            args.checkpoint, args.out, formats=args.format, precision=args.precision, calib=args.calib,
+            calib_images=args.calib_images, verify=not args.no_verify, overwrite=args.overwrite,
+            progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True), name=args.name,
+            threads=args.threads, label_names=_names(args.label_names),
+        )
     report = json.loads((bundle.path / REPORT_FILE).read_text(encoding="utf-8"))
     print(report_table(report))
     print(f"bundle: {bundle.path}  (fingerprint {bundle.manifest['fingerprint']})")

@@ -6,11 +6,14 @@ half a bundle; opening verifies every file's sha256 and refuses paths that escap
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import logging
 import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +25,14 @@ from ._yaml import load_bounded, short
 from .errors import BundleError, ConfigError
 from .preprocess import Preprocess
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "KINDS", "Bundle", "BundleWriter", "sha256_file"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: stale partial directories are left for the user to remove
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FORMAT_VERSION", "MANIFEST", "KINDS", "Bundle", "BundleWriter", "sha256_file", "sweep_partials"]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.yaml"
@@ -308,16 +318,73 @@ class Bundle:
             raise BundleError(f"{path}: unreadable codec tables ({exc})") from exc
 
 
+def _lock(directory: Path) -> int | None:
+    """An open descriptor of ``directory`` holding an exclusive ``flock`` on it, or ``None`` if another process
+    holds it (or locks are not supported here). The kernel drops the lock when its process dies, however it dies."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_partials(dest: Path, min_age_s: float = 2.0) -> list[Path]:
+    """Remove the temporary directories of earlier writes of ``dest`` whose writer is gone (killed, or the machine
+    lost power): a live writer holds a lock on its directory. Returns what was removed."""
+    removed = []
+    try:
+        candidates = list(dest.parent.glob(f".{glob.escape(dest.name)}.partial-*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if not path.is_dir() or path.is_symlink() or time.time() - path.stat().st_mtime < min_age_s:
+                continue  # a writer that has just made its directory may not hold the lock yet
+        except OSError:
+            continue
+        fd = _lock(path)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
 class BundleWriter:
     """Builds a bundle in a temporary directory next to ``dest``; ``commit()`` hashes, writes the manifest and
-    renames it into place. Leaving the ``with`` block by an exception removes the temporary directory."""
+    renames it into place. Leaving the ``with`` block by an exception removes the temporary directory; the
+    directories of earlier writers of ``dest`` that were killed are removed when the next one starts."""
 
     def __init__(self, dest: str | Path, *, overwrite: bool = False) -> None:
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite:
             raise BundleError(f"{self.dest} already exists; choose another --out or remove it")
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.partial-"))
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise BundleError(f"{self.dest}: a parent of --out is a file, not a directory ({exc.filename}); "
+                              "choose another --out") from exc
+        except OSError as exc:
+            raise BundleError(f"{self.dest}: cannot create its directory ({exc.strerror or exc}); "
+                              "choose another --out") from exc
+        for stale in sweep_partials(self.dest):
+            log.info("removed %s, left by an export of %s that was killed", stale, self.dest)
+        try:
+            self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.partial-"))
+        except OSError as exc:
+            raise BundleError(f"{self.dest.parent}: cannot write there ({exc.strerror or exc}); "
+                              "choose another --out") from exc
+        self._lock_fd = _lock(self.tmp)
         self.overwrite = overwrite
         self._committed = False
 
@@ -327,6 +394,12 @@ class BundleWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self._committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def path(self, rel: str) -> Path:
         """Where to write file ``rel`` inside the bundle being built (parents created)."""
@@ -365,4 +438,5 @@ class BundleWriter:
         else:
             os.replace(self.tmp, self.dest)
         self._committed = True
+        self._release()
         return Bundle.open(self.dest)

@@ -252,6 +252,9 @@ def test_ray_start_is_bounded_and_cleaned_up(monkeypatch: pytest.MonkeyPatch, tm
         def shutdown(self) -> None:
             calls.append("ray.shutdown")
 
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": 2.0}
+
     class FakeServe:
         def start(self, **kwargs: Any) -> None:
             calls.append("start")

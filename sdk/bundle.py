@@ -148,8 +148,11 @@ def _check_parts(mpath: Path, value: Any, kind: str, files: dict[str, Any]) -> N
                     if not isinstance(rel, str) or not rel:
                         raise _fail(mpath, f"{where}.builder", "a builder name", rel)
                     continue
-                if not isinstance(key, str) or not isinstance(rel, str) or rel not in files:
+                if not isinstance(key, str) or not isinstance(rel, str):
                     raise _fail(mpath, f"{where}.{_key(key)}", "a file listed in 'files'", rel)
+                if rel not in files:
+                    raise BundleError(f"{mpath}: {where}.{key} names {short(rel)}, which is not in 'files'; "
+                                      "re-export the bundle")
 
 
 def _check_codec(mpath: Path, value: Any) -> None:
@@ -244,9 +247,9 @@ class Bundle:
         for rel, digest in files.items():
             full = _confined(root, rel, "files")
             if not full.is_file():
-                raise BundleError(f"{root}: file {short(rel)} listed in the manifest is missing")
+                raise BundleError(f"{root}: file {_key(rel)} listed in the manifest is missing")
             if verify and sha256_file(full) != digest:
-                raise BundleError(f"{root}: file {short(rel)} does not match its sha256 in the manifest "
+                raise BundleError(f"{root}: file {_key(rel)} does not match its sha256 in the manifest "
                                   "(modified or corrupt)")
         return bundle
 

@@ -220,25 +220,27 @@ def _run_bounded(fn: Callable[[], None], timeout: float, what: str) -> None:
         raise BackendUnavailable(f"{what} failed to start: {type(exc).__name__}: {exc}") from exc
 
 
-def _shutdown(ray: Any, serve: Any, local: bool, keep: set[int], timeout: float = 30.0) -> None:
+def _shutdown(ray: Any, serve: Any, local: bool, keep: set[int], timeout: float = 20.0) -> None:
     """Delete the application and, for a Ray this process started, stop it; the processes it started (children
     of this one not in ``keep``) still running after ``timeout`` seconds are terminated, then killed."""
     def stop() -> None:
-        try:
-            serve.delete(APP_NAME)
-        except Exception as exc:  # noqa: BLE001 - not started, or Ray already gone
-            log.debug("deleting %s: %s", APP_NAME, exc)
-        if local:
+        if not local:  # a cluster's Serve keeps running for others; a local one goes with its apps
+            try:
+                serve.delete(APP_NAME)
+            except Exception as exc:  # noqa: BLE001 - not started, or Ray already gone
+                log.debug("deleting %s: %s", APP_NAME, exc)
+        else:
             with contextlib.suppress(Exception):
                 serve.shutdown()
             with contextlib.suppress(Exception):
                 ray.shutdown()
 
+    started = _children(keep) if local else []  # before Ray stops: its agents outlive their raylet, orphaned
     stopper = threading.Thread(target=stop, name="edgesplit-ray-stop", daemon=True)
     stopper.start()
     stopper.join(timeout)
     if local:
-        _kill_children(keep, grace=5.0)
+        _kill(started + _children(keep), grace=5.0)
 
 
 def _child_pids() -> set[int]:
@@ -249,14 +251,34 @@ def _child_pids() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def _kill_children(keep: set[int], grace: float) -> None:
-    """Terminate (then kill) the processes started since ``keep`` was taken that are still alive: a local Ray's
-    daemons."""
+def _children(keep: set[int]) -> list[Any]:
+    """This process's descendants except those in ``keep``, and Ray's processes in this process group started
+    after this one (Ray's agents are re-parented when their raylet goes) as ``psutil.Process`` objects."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    me = psutil.Process()
+    found = [p for p in me.children(recursive=True) if p.pid not in keep]
+    group = os.getpgid(0)
+    for p in psutil.process_iter(["pid", "create_time", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if (p.pid != me.pid and p.pid not in keep and p.info["create_time"] > me.create_time()
+                    and os.getpgid(p.pid) == group and "ray" in " ".join(p.info["cmdline"] or []).lower()):
+                found.append(p)
+    return found
+
+
+def _kill(processes: list[Any], grace: float) -> None:
+    """Terminate, then after ``grace`` seconds kill, those of ``processes`` still running: a local Ray's daemons."""
     try:
         import psutil
     except ImportError:
         return
-    children = [p for p in psutil.Process().children(recursive=True) if p.pid not in keep]
+    children = list({p.pid: p for p in processes if p.is_running()}.values())
+    if children:
+        log.info("stopping %d processes Ray left running: %s", len(children),
+                 ", ".join(sorted({_name(p) for p in children})))
     for child in children:
         with contextlib.suppress(psutil.Error):
             child.terminate()
@@ -264,3 +286,10 @@ def _kill_children(keep: set[int], grace: float) -> None:
     for child in alive:
         with contextlib.suppress(psutil.Error):
             child.kill()
+
+
+def _name(process: Any) -> str:
+    try:
+        return str(process.name())
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        return str(process.pid)

@@ -278,4 +278,32 @@ def test_ray_start_is_bounded_and_cleaned_up(monkeypatch: pytest.MonkeyPatch, tm
     finally:
         hang.set()
     assert time.monotonic() - t0 < 10
-    assert calls[:2] == ["init", "start"] and {"delete", "serve.shutdown", "ray.shutdown"} <= set(calls)
+    assert calls[:2] == ["init", "start"] and {"serve.shutdown", "ray.shutdown"} <= set(calls)
+
+
+@pytest.mark.slow
+def test_serve_engine_ray_stops_everything_it_started(split_bundle: Path) -> None:
+    pytest.importorskip("ray", reason="ray[serve] is not installed (pip install edgesplit[ray])")
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, "serve", str(split_bundle), "--engine", "ray", "--port",
+                             str(port), "--threads", "1", "--start-timeout", "120"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "RAY_DISABLE_USAGE_STATS": "1"})
+    try:
+        assert "Ray Serve" in (proc.stdout.readline() if proc.stdout else "")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert started
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+        assert time.monotonic() - t0 < 60 and "Traceback" not in err
+        time.sleep(1)
+        assert [p.pid for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

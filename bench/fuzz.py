@@ -4,8 +4,10 @@ and the decode throughput with stuck clients against the clean throughput. Loopb
     python bench/fuzz.py --bundle BUNDLE [--seconds 100] [--out bench/results/fuzz.json]
 
 Without ``--bundle``, the demo's split student (``samples/weights/entropic_b4e-5.safetensors``) is exported to a
-temporary bundle first (needs ``edgesplit[train,export]``; ~15 s). Outcome classes: ``documented`` (the documented error: BitstreamError / BundleError / ConfigError, or a 4xx), ``ok``
-(a valid input answered), ``traceback`` (any other exception), ``hang`` (no result within the case's limit),
+temporary bundle first (needs ``edgesplit[train,export]``; ~15 s).
+
+Outcome classes: ``documented`` (the documented error: BitstreamError / BundleError / ConfigError, or a 4xx),
+``ok`` (a valid input answered), ``traceback`` (any other exception), ``hang`` (no result within the case's limit),
 ``5xx``, ``wrong_200`` (a corrupted payload answered 200 with another top-1 than the intact one) and
 ``undetected_same_answer`` (a corrupted payload decoded, to the intact payload's top-1). The payload cases run
 again on the same tables in the older ``factorized-v2`` layout, for comparison.
@@ -41,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 from edgesplit import bitstream  # noqa: E402
 from edgesplit.bundle import MANIFEST, Bundle  # noqa: E402
 from edgesplit.config import load_train_config  # noqa: E402
-from edgesplit.errors import BitstreamError, BundleError, ConfigError, EdgesplitError  # noqa: E402
+from edgesplit.errors import BitstreamError, BundleError, ConfigError  # noqa: E402
 
 CASE_LIMIT_S = 5.0  # an in-process case that takes longer is a hang
 DOCUMENTED_STATUSES = {400, 401, 404, 405, 408, 409, 413, 415, 431, 503}
@@ -356,8 +358,9 @@ def fuzz_http(bundle: Path, payloads: list[bytes], rng: random.Random, deadline:
         ("latin-1 token", request(b"POST", b"/v1/decode", [(b"Authorization", "Bearer fuzz-tøken".encode("latin-1"))],
                                   payloads[0]), 0.0),
         ("no token", request(b"POST", b"/v1/decode", [], payloads[0]), 0.0),
-        ("json body", request(b"POST", b"/v1/decode", [(b"Authorization", auth), (b"Content-Type", b"application/json")],
-                              b'{"payload": "x"}'), 0.0),
+        ("json body", request(b"POST", b"/v1/decode",
+                              [(b"Authorization", auth), (b"Content-Type", b"application/json")], b'{"payload": "x"}'),
+         0.0),
         ("wrong method", request(b"PUT", b"/v1/decode", base, payloads[0]), 0.0),
         ("unknown path", request(b"GET", b"/../../etc/passwd", []), 0.0),
         ("oversized body", request(b"POST", b"/v1/decode", base, b"E" * 200_000), 0.0),

@@ -1,7 +1,8 @@
 """HTTP service around a ``ServerDecoder`` (FastAPI): ``POST /v1/decode``, ``GET /healthz``, ``GET /metrics``.
 
 Concurrent requests are batched into one decoder-graph call (an asyncio queue and a batcher task); every payload is
-checked before it joins a batch, so one bad payload fails only its own request. ``create_app`` builds the app.
+checked before it joins a batch, so one bad payload fails only its own request. ``create_app`` builds the app;
+``uvicorn_config`` the server around it, whose limits keep slow or stuck clients from holding it up.
 """
 
 from __future__ import annotations
@@ -439,8 +440,9 @@ def create_app(decoder: ServerDecoder, *, max_body_bytes: int = DEFAULT_MAX_BODY
     """A FastAPI app serving ``decoder``: ``POST /v1/decode``, ``GET /healthz``, ``GET /metrics``.
 
     ``token``: if set, decode requests need ``Authorization: Bearer <token>``. ``read_timeout``: seconds a body
-    may take to arrive (408 after). Header limits are the server's: run the app with ``uvicorn_config``. Batching starts and drains with the
-    app's lifespan (uvicorn runs it; in tests use ``with TestClient(app)``). ``app.state.metrics`` holds the counters.
+    may take to arrive (408 after); header limits are the server's (run the app with ``uvicorn_config``).
+    Batching starts and drains with the app's lifespan (uvicorn runs it; in tests use ``with TestClient(app)``).
+    ``app.state.metrics`` holds the counters.
     """
     from fastapi import FastAPI
 

@@ -42,8 +42,17 @@ def iso_accuracy_bytes(points: list[dict], method: str, top1: float) -> float | 
 
 
 def beta_of(checkpoint: str) -> float:
-    """The rate weight of a published student, from its name (``entropic_b1p6e-5`` -> 1.6e-5)."""
-    token = Path(checkpoint).stem.split("_b", 1)[1].split("_")[0]
+    """The rate weight a published student was trained with: its first stage's ``rate`` loss weight, read from the
+    recipe copied beside it (``NAME.stage1.yaml``), else from the name (``entropic_b1p6e-5`` -> 1.6e-5)."""
+    import yaml
+
+    path = Path(checkpoint)
+    for recipe in (path.with_name(f"{path.stem}.stage1.yaml"),):
+        if recipe.is_file():
+            for loss in yaml.safe_load(recipe.read_text()).get("losses", []):
+                if loss.get("name") == "rate":
+                    return float(loss["weight"])
+    token = path.stem.split("_b", 1)[1].split("_")[0]
     return float(token.replace("p", "."))
 
 

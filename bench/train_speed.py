@@ -31,7 +31,7 @@ RESULTS = REPO / "bench" / "results"
 
 RECIPES = {
     "teacher": ("configs/teacher_resnet18.yaml", 128),  # trained at 96 -> 112 -> 128 px; measured at 128
-    "entropic_stage1": ("configs/entropic_base.yaml", 96),  # trained at 96 px
+    "entropic_stage1": ("configs/entropic.yaml:stage1", 96),  # the per-beta stage 1 (its first epochs at 96 px)
 }
 VARIANTS = {
     "fp32_nchw_inline": {"precision": "fp32", "channels_last": False, "workers": 0, "procs": 1},
@@ -43,7 +43,16 @@ VARIANTS = {
 
 def _recipe(path: str, size: int, variant: dict[str, Any], *, limit: int, device: str, epochs: int = 2,
             train_sizes: list | None = None) -> dict[str, Any]:
-    cfg = yaml.safe_load((REPO / path).read_text())
+    file, _, stage = path.partition(":")
+    if stage:  # one stage of a staged recipe, as the engine would run it (from scratch: no init)
+        from edgesplit.config import to_dict
+        from edgesplit.recipe import load_recipe, plan_recipe
+
+        run = next(r for r in plan_recipe(load_recipe(REPO / file), REPO / "runs" / "_speed").runs if r.stage == stage)
+        cfg = to_dict(run.config)
+        cfg["init"] = None
+    else:
+        cfg = yaml.safe_load((REPO / file).read_text())
     cfg["epochs"] = epochs
     cfg["device"] = device
     cfg["precision"] = variant["precision"]

@@ -73,7 +73,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "publish", help="publish a finished run: fp16 weights, recipe and log, top-1 re-measured from the file",
         description="Write a finished run's model as DEST/NAME.safetensors (fp16; float32 for quantized and binary "
                     "students), its recipe and log beside it, and re-measure top-1 on the run's held-out split. A "
-                    "staged run (plan.json) publishes each sweep point's last stage as NAME_<value>.")
+                    "staged run (plan.json) publishes each sweep point's last stage as NAME_<value> (or NAME with {value} "
+                    "replaced; dots in the value become p).")
     sp.add_argument("run", help="run directory written by edgesplit train")
     sp.add_argument("--name", required=True, help="file stem under --dest")
     sp.add_argument("--data", required=True, help="the ImageFolder directory the run was trained on")

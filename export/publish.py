@@ -1,8 +1,9 @@
 """Publish a finished training run: fp16 weights (float32 where fp16 would move a quantized model's answers), the
 run's recipe and log beside them, and a results JSON with top-1 re-measured from the published file.
 
-With a staged run (a directory holding ``plan.json``), each sweep point's last stage is published, and the earlier
-stages' recipes and logs go beside it as ``NAME.<stage>.yaml`` / ``NAME.<stage>.log.jsonl``.
+With a staged run (a directory holding ``plan.json``), each sweep point's last stage is published as ``NAME_<value>``
+(or NAME with ``{value}`` replaced, e.g. ``entropic_b{value}`` -> ``entropic_b2p5e-4``; dots become ``p``), and the
+earlier stages' recipes and logs go beside it as ``NAME.<stage>.yaml`` / ``NAME.<stage>.log.jsonl``.
 """
 
 from __future__ import annotations
@@ -129,10 +130,11 @@ def publish_run(run: str | Path, name: str, data: str, **kw: Any) -> list[dict[s
     result = kw.pop("result", None)
     for point in points:
         chain = [Path(r["out"]) for r in rows if r["point"] in (None, point)]
-        suffix = f"_{point.split('=', 1)[1]}" if point else ""
+        value = point.split("=", 1)[1].replace(".", "p") if point else ""  # 2.5e-4 -> 2p5e-4 (no dots in stems)
+        stem = name.replace("{value}", value) if "{value}" in name else (f"{name}_{value}" if point else name)
         res = None
         if result:
-            res = Path(str(result).replace("{point}", point or "")) if "{point}" in str(result) or not point else \
-                Path(result).with_name(f"{Path(result).stem}{suffix}{Path(result).suffix}")
-        out.append(publish(chain[-1], f"{name}{suffix}", data, result=res, earlier_stages=chain[:-1], **kw))
+            res = Path(str(result).replace("{value}", value)) if "{value}" in str(result) or not point else \
+                Path(result).with_name(f"{Path(result).stem}_{value}{Path(result).suffix}")
+        out.append(publish(chain[-1], stem, data, result=res, earlier_stages=chain[:-1], **kw))
     return out

@@ -75,6 +75,9 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
         from_dict(TrainConfig, [1, 2])
 
 
-def test_repo_configs_validate() -> None:
+def test_repo_configs_validate(tmp_path: Path) -> None:
+    from edgesplit.recipe import load_recipe, plan_recipe
+
     for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
-        load_train_config(p)
+        plan = plan_recipe(load_recipe(p), tmp_path / p.stem, source=str(p))  # every stage validated
+        assert plan.runs and all(r.config.epochs >= 1 for r in plan.runs)

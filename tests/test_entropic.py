@@ -333,8 +333,8 @@ def test_device_side_costs_at_most_a_tenth_of_the_teacher() -> None:
     assert not s.tail.training  # reporting leaves every module's mode alone
 
 
-def test_committed_layout_costs_at_most_a_tenth_of_the_teacher() -> None:
-    params = load_train_config(REPO / "configs" / "entropic_base.yaml").model.params
+def test_committed_layout_costs_at_most_a_tenth_of_the_teacher(tmp_path: Path) -> None:
+    params = _entropic_plan(tmp_path).runs[0].config.model.params
     layout = {k: v for k, v in params.items() if k not in ("teacher", "tune_tail")}
     torch.manual_seed(0)
     s = SplitStudent(resnet18(num_classes=10, width=0.5), **layout)  # the committed teacher's architecture
@@ -369,40 +369,38 @@ def test_split_graphs_export_to_onnx(teacher_path: Path, tmp_path: Path, params:
 
 
 # -- recipes and the engine -----------------------------------------------------------------------------------------
-RECIPES = sorted((REPO / "configs").glob("entropic_*_stage1.yaml"))
+def _entropic_plan(out: Path, betas: list[str] | None = None):
+    from edgesplit.recipe import load_recipe, parse_sweep, plan_recipe
+
+    sweep = parse_sweep([f"beta={','.join(betas)}"]) if betas else None
+    return plan_recipe(load_recipe(REPO / "configs" / "entropic.yaml"), out, source="configs/entropic.yaml",
+                       sweep=sweep)
 
 
-def test_recipes_cover_at_least_five_betas_in_two_stages() -> None:
-    assert len(RECIPES) >= 5
-    betas = []
-    for stage1_path in RECIPES:
-        stage1 = load_train_config(stage1_path)
-        stage2 = load_train_config(stage1_path.with_name(stage1_path.name.replace("stage1", "stage2")))
-        assert stage1.name == stage1_path.stem and stage2.name == stage1_path.stem.replace("stage1", "stage2")
-        assert stage1.model.kind == stage2.model.kind == "student" and stage1.model.name == "entropic"
+def test_one_recipe_plans_a_shared_base_and_two_stages_per_beta(tmp_path: Path) -> None:
+    betas = ["2.5e-4", "1.6e-4", "1e-4", "4e-5", "1.6e-5", "6.4e-6"]
+    plan = _entropic_plan(tmp_path, betas)
+    shared = [r for r in plan.runs if r.point is None]
+    assert [r.stage for r in shared] == ["base", "base_long", "base_long2"]
+    assert [r.config.init for r in shared] == [None, str(tmp_path / "base/model.safetensors"),
+                                               str(tmp_path / "base_long/model.safetensors")]
+    assert all(r.config.freeze == ["tail"] and [l.name for l in r.config.losses] == ["feature_mse", "rate", "aux"]
+               for r in shared)
+    assert shared[0].config.losses[0].params["stage_weights"] == [1.0, 1.0, 0.5, 0.25]
+    assert len(plan.runs) == 3 + 2 * len(betas)
+    for beta in betas:
+        stage1, stage2 = [r for r in plan.runs if r.point == f"beta={beta}"]
+        assert (stage1.stage, stage2.stage) == ("stage1", "stage2")
+        assert stage1.config.init == str(tmp_path / "base_long2/model.safetensors")
+        assert stage2.config.init == str(stage1.out / "model.safetensors")
+        assert stage1.config.losses[1].name == "rate" and stage1.config.losses[1].weight == pytest.approx(float(beta))
+        assert stage1.config.losses[0].params["stage_weights"] == [0.25, 1.0, 0.5, 0.25]
         # stage 2 adds only which tail stages it fine-tunes (the first two after the cut); the rest stays frozen
-        assert stage2.model.params == {**stage1.model.params, "tune_tail": ["stage2", "stage3"]}
-        assert stage1.model.params["cut"] == "stage1" and stage1.model.params["latent_stride"] == 8
-        assert stage1.teacher == stage1.model.params["teacher"]
-        assert stage1.freeze == ["tail"] and stage2.freeze == ["encoder", "bottleneck"]
-        names = [l.name for l in stage1.losses]
-        assert names == ["feature_mse", "rate", "aux"]
-        betas.append(stage1.losses[1].weight)
-        assert [l.name for l in stage2.losses] == ["kd", "ce"]
-        assert stage2.init == f"runs/{stage1.name}/model.safetensors"
-        assert stage1.init == "runs/entropic_base_long2/model.safetensors"
-        assert stage1.losses[0].params == {"stages": ["stage1", "stage2", "stage3", "stage4"],
-                                           "stage_weights": [0.25, 1.0, 0.5, 0.25]}
-    assert len(set(betas)) == len(RECIPES)  # one recipe per beta
-    # the shared base: 10 epochs from scratch, then twice 10 more with the per-beta stage-1 loss weights
-    base = load_train_config(REPO / "configs" / "entropic_base.yaml")
-    assert base.init is None and base.freeze == ["tail"] and base.model.params == stage1.model.params
-    assert [l.name for l in base.losses] == ["feature_mse", "rate", "aux"] and base.losses[1].weight in betas
-    for name, start in (("entropic_base_long", "entropic_base"), ("entropic_base_long2", "entropic_base_long")):
-        long = load_train_config(REPO / "configs" / f"{name}.yaml")
-        assert long.name == name and long.init == f"runs/{start}/model.safetensors" and long.freeze == ["tail"]
-        assert long.model.params == stage1.model.params and long.losses[0].params == stage1.losses[0].params
-        assert [l.weight for l in long.losses[1:]] == [l.weight for l in base.losses[1:]]
+        assert stage2.config.model.params == {**stage1.config.model.params, "tune_tail": ["stage2", "stage3"]}
+        assert stage2.config.freeze == ["encoder", "bottleneck"]
+        assert [l.name for l in stage2.config.losses] == ["kd", "ce"]
+        assert stage1.config.model.params["cut"] == "stage1" and stage1.config.model.params["latent_stride"] == 8
+        assert stage1.config.teacher == stage1.config.model.params["teacher"]
 
 
 def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:

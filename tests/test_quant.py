@@ -476,9 +476,17 @@ def test_onnx_int8_qdq_export_matches_torch(tmp_path: Path, rprelu: bool) -> Non
 
 # -- recipes -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("student_*.yaml")), ids=lambda p: p.stem)
-def test_student_recipes_validate_and_build(path: Path) -> None:
-    cfg = load_train_config(path)
+def _recipe_stages(path: Path) -> list:
+    from edgesplit.recipe import load_recipe, plan_recipe
+
+    return [r.config for r in plan_recipe(load_recipe(path), REPO / "runs" / path.stem, source=str(path)).runs]
+
+
+@pytest.mark.parametrize("path,stage", [(p, i) for p in sorted((REPO / "configs").glob("student_*.yaml"))
+                                        for i in range(len(_recipe_stages(p)))],
+                         ids=lambda v: v.stem if isinstance(v, Path) else str(v))
+def test_student_recipes_validate_and_build(path: Path, stage: int) -> None:
+    cfg = _recipe_stages(path)[stage]
     assert cfg.seed == 0 and cfg.data.image_size == 128
     assert cfg.teacher == "samples/weights/teacher_resnet18.safetensors"
     params = dict(cfg.model.params)

@@ -91,11 +91,13 @@ def test_staged_sweep_trains_resumes_across_stages_and_publishes(image_folder: P
     dest = tmp_path / "published"
     assert main(["publish", str(out), "--name", "tiny", "--data", str(image_folder), "--dest", str(dest)]) == 0
     names = sorted(p.name for p in dest.iterdir())
-    assert "tiny_0.5.safetensors" in names and "tiny_0.25.safetensors" in names
-    assert "tiny_0.25.base.yaml" in names and "tiny_0.25.base.log.jsonl" in names
+    assert "tiny_0p5.safetensors" in names and "tiny_0p25.safetensors" in names
+    assert "tiny_0p25.base.yaml" in names and "tiny_0p25.base.log.jsonl" in names
     from edgesplit.train import load
 
-    assert load(dest / "tiny_0.25.safetensors")  # the fp16 file rebuilds
+    assert load(dest / "tiny_0p25.safetensors")  # the fp16 file rebuilds
+    assert main(["publish", str(out), "--name", "t_w{value}", "--data", str(image_folder), "--dest", str(dest)]) == 0
+    assert (dest / "t_w0p5.safetensors").is_file()
 
 
 def test_publish_refuses_an_unfinished_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

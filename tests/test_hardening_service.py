@@ -63,7 +63,8 @@ def _status(response: bytes) -> int:
 # -- stuck and slow clients ----------------------------------------------------------------------------------
 
 def test_a_stuck_body_gets_408_and_does_not_delay_the_batch(decoder: ServerDecoder, payloads: list[bytes]) -> None:
-    app = create_app(decoder, max_wait_ms=300, read_timeout=1.5)
+    # the stuck body must outlast the measurement: once refused it could delay nobody, fixed or not
+    app = create_app(decoder, max_wait_ms=600, read_timeout=4.0)
     with BackgroundServer(app) as server:
         stuck = socket.create_connection((server.host, server.port), timeout=10)
         stuck.sendall(b"POST /v1/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
@@ -78,7 +79,7 @@ def test_a_stuck_body_gets_408_and_does_not_delay_the_batch(decoder: ServerDecod
             for p in payloads:
                 assert client.post("/v1/decode", content=p).status_code == 200
             per_request = (time.perf_counter() - t0) / len(payloads)
-        assert per_request < 0.2, f"each request waited {per_request:.3f} s for the stuck client's batch"
+        assert per_request < 0.3, f"each request waited {per_request:.3f} s for the stuck client's batch"
         t0 = time.monotonic()
         stuck.settimeout(10)
         answer = stuck.recv(4096)

@@ -63,7 +63,11 @@ def _reusable(path: str | None, teacher_sha: str, split: str, limit: int | None)
     if old.get("teacher_sha256") != teacher_sha or old.get("split") != split or old.get("limit") != limit:
         print(f"--reuse {path}: another teacher, split or limit; measuring everything", file=sys.stderr)
         return {}
-    return {(p["method"], p["param"]): p for p in old["points"] if p["method"] in QUALITIES}
+    from edgesplit.train.evaluate import CODEC_OPTIONS
+
+    # a point measured with other encoder settings is measured again (points without "options" used today's)
+    return {(p["method"], p["param"]): p for p in old["points"]
+            if p["method"] in QUALITIES and p.get("options", CODEC_OPTIONS[p["method"]]) == CODEC_OPTIONS[p["method"]]}
 
 
 def avif_speed_check(data: str, teacher: str) -> list[dict]:

@@ -28,12 +28,12 @@ INPUT_CODECS = ("jpeg", "webp", "avif", "jxl")
 
 # The strongest settings each codec offers through Pillow, so the baselines are not strawmen: optimized Huffman
 # tables for JPEG (4:2:0, what cameras and browsers send), WebP's slowest method, JPEG XL's highest effort, and AVIF
-# (libaom) at speed 4: on 128 px crops speeds 0 and 2 gave the same bytes within 1% at 3-10x the encode time
-# (bench/results/rd.json, "avif_speed_check").
+# (libaom) at speed 2: on 128 px crops speed 0 gave the same bytes within 0.3% at 2.6-3x the encode time, speed 4
+# ~1% different bytes and a lower top-1 (bench/results/rd.json, "avif_speed_check").
 CODEC_OPTIONS: dict[str, dict[str, Any]] = {
     "jpeg": {"subsampling": 2, "optimize": True},
     "webp": {"method": 6},
-    "avif": {"speed": 4},
+    "avif": {"speed": 2},
     "jxl": {"effort": 9},
 }
 

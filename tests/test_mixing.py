@@ -84,7 +84,8 @@ def test_engine_trains_with_mixing_and_changes_the_run(image_folder: Path, tmp_p
     train(_cfg(mixup=0.4, cutmix=1.0), mixed, data_root=str(image_folder), progress=False)
 
     def first_loss(run: Path) -> float:
-        return json.loads((run / "log.jsonl").read_text().splitlines()[0])["loss"]
+        steps = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+        return next(r for r in steps if r["event"] == "step")["loss"]
 
     assert np.isfinite(first_loss(mixed)) and first_loss(mixed) != first_loss(plain)
 

@@ -495,6 +495,7 @@ def _plain_response(status: int, reason: str, text: str) -> bytes:
 def _guarded_protocol(max_header_bytes: int, header_timeout: float) -> type:
     """uvicorn's h11 protocol, plus: the request line and headers must fit in ``max_header_bytes`` (else 431) and
     arrive within ``header_timeout`` seconds of the connection or of the previous response (else 408)."""
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
@@ -548,10 +549,18 @@ def _guarded_protocol(max_header_bytes: int, header_timeout: float) -> type:
             super().data_received(data)
 
         def on_response_complete(self) -> None:
+            body_unread = self.conn.their_state is not h11.DONE  # read before uvicorn starts the next cycle
             super().on_response_complete()
-            if not self.transport.is_closing():  # the next request on this connection gets its own limits
-                self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
-                self._arm_head_timer()
+            if self.transport.is_closing():
+                return
+            if body_unread:
+                # the answer came before the whole body (413): what the client still sends is that body, not the
+                # next request's headers, so this connection ends here (the client retries on a new one)
+                self.transport.close()
+                return
+            # the next request on this connection gets its own limits
+            self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
+            self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_timer()

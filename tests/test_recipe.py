@@ -13,17 +13,11 @@ from edgesplit.cli import main
 from edgesplit.errors import ConfigError
 from edgesplit.recipe import parse_sweep, plan_recipe
 
+from .conftest import tiny_recipe
+
 BASE = {
-    "name": "tiny",
+    **tiny_recipe(),
     "vars": {"w": 0.5},
-    "model": {"name": "resnet18", "params": {"width": 0.125}},
-    "data": {"image_size": 32, "val_fraction": 0.25, "workers": 0},
-    "losses": [{"name": "ce"}],
-    "optimizer": {"name": "adam", "lr": 0.01},
-    "epochs": 1,
-    "batch_size": 6,
-    "threads": 1,
-    "precision": "fp32",
     "stages": [
         {"name": "base", "shared": True},
         {"name": "tune", "losses": [{"name": "ce", "weight": "${w}"}], "optimizer": {"lr": 0.001}},

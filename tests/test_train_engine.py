@@ -19,24 +19,14 @@ from edgesplit.errors import ConfigError, DataError
 from edgesplit.train import load, train
 from edgesplit.train.hardware import Distributed, cpu_bf16_native, resolve_hardware
 
+from .conftest import tiny_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def _cfg(**over) -> TrainConfig:
-    base = {
-        "name": "tiny",
-        "model": {"name": "resnet18", "params": {"width": 0.125}},
-        "data": {"image_size": 32, "val_fraction": 0.25, "workers": 0},
-        "losses": [{"name": "ce"}],
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "epochs": 1,
-        "batch_size": 6,
-        "threads": 1,
-        "precision": "fp32",
-    }
-    base.update(over)
-    return from_dict(TrainConfig, base)
+    return from_dict(TrainConfig, tiny_recipe(**over))
 
 
 def _records(out: Path, event: str) -> list[dict]:

@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any
 
+from edgesplit._commands import positive_int
 from edgesplit.errors import BackendUnavailable, ConfigError
 
 __all__ = ["register_cli"]
@@ -31,16 +32,6 @@ def _token(args: argparse.Namespace) -> str | None:
     if token is None:
         log.warning("serving without authentication: set %s to require 'Authorization: Bearer <token>'", name)
     return token
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from exc
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be >= 1")
-    return number
 
 
 def _port(value: str) -> int:
@@ -133,17 +124,17 @@ def register_cli(subparsers: Any) -> None:
     sp.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     sp.add_argument("--backend", default="onnxruntime", help="onnxruntime, openvino or tensorrt")
     sp.add_argument("--device", default="cpu", help="e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
-    sp.add_argument("--threads", type=_positive, help="intra-op threads of the backend (default: the runtime's)")
-    sp.add_argument("--top-k", type=_positive, default=5, help="labels per answer")
-    sp.add_argument("--max-batch", type=_positive, default=16, help="payloads per decoder-graph call at most")
+    sp.add_argument("--threads", type=positive_int, help="intra-op threads of the backend (default: the runtime's)")
+    sp.add_argument("--top-k", type=positive_int, default=5, help="labels per answer")
+    sp.add_argument("--max-batch", type=positive_int, default=16, help="payloads per decoder-graph call at most")
     sp.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a payload waits for others to batch with")
-    sp.add_argument("--max-body-bytes", type=_positive, default=64 * 1024, help="larger bodies get 413")
-    sp.add_argument("--max-header-bytes", type=_positive, default=16 * 1024,
+    sp.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024, help="larger bodies get 413")
+    sp.add_argument("--max-header-bytes", type=positive_int, default=16 * 1024,
                     help="request line and headers at most (default 16384); larger gets 431")
     sp.add_argument("--read-timeout", type=_seconds, default=10.0,
                     help="seconds the headers, and then the body, of a request may take to arrive (default 10); "
                          "slower gets 408")
-    sp.add_argument("--max-connections", type=_positive, default=512,
+    sp.add_argument("--max-connections", type=positive_int, default=512,
                     help="open connections at most (default 512); requests beyond get 503")
     sp.add_argument("--start-timeout", type=_seconds, default=120.0,
                     help="--engine ray: seconds Ray and the deployment get to start (default 120)")
@@ -152,7 +143,7 @@ def register_cli(subparsers: Any) -> None:
                          "be set)")
     sp.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn",
                     help="uvicorn: one process; ray: a Ray Serve deployment (local, or the cluster in RAY_ADDRESS)")
-    sp.add_argument("--replicas", type=_positive, default=1, help="Ray Serve replicas (--engine ray)")
+    sp.add_argument("--replicas", type=positive_int, default=1, help="Ray Serve replicas (--engine ray)")
     sp.add_argument("--graceful-timeout", type=_seconds, default=30.0,
                     help="seconds requests in flight get to finish on shutdown")
     sp.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -15,7 +15,8 @@ from .errors import ConfigError
 __all__ = ["register_cli"]
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
+    """argparse ``type=``: an integer >= 1 (the one check every count-like flag of the CLI uses)."""
     try:
         number = int(value)
     except ValueError as exc:
@@ -26,7 +27,7 @@ def _positive(value: str) -> int:
 
 
 def _int_list(value: str) -> list[int]:
-    return [_positive(v.strip()) for v in value.split(",") if v.strip()]
+    return [positive_int(v.strip()) for v in value.split(",") if v.strip()]
 
 
 def _names(args: argparse.Namespace) -> dict[str, str] | None:
@@ -140,10 +141,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                                     "payload size.")
     sp.add_argument("target", help="checkpoint (.safetensors) or bundle directory")
     sp.add_argument("images", help="an image file, or a directory of images (sub-folders included)")
-    sp.add_argument("--top-k", type=_positive, default=3, help="labels per image (default 3)")
+    sp.add_argument("--top-k", type=positive_int, default=3, help="labels per image (default 3)")
     sp.add_argument("--backend", default="onnxruntime", help="bundles: onnxruntime, openvino or tensorrt")
     sp.add_argument("--device", default="cpu", help="bundles: e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
-    sp.add_argument("--threads", type=_positive, help="bundles: intra-op threads of the backend")
+    sp.add_argument("--threads", type=positive_int, help="bundles: intra-op threads of the backend")
     sp.add_argument("--label-names", metavar="FILE",
                     help="YAML mapping of class id to display name (overrides the names the model carries)")
     sp.add_argument("--json", action="store_true", help="print JSON")
@@ -170,7 +171,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--batch", type=_int_list, help="comma-separated batch sizes (default 1)")
     sp.add_argument("--mode", choices=["latency", "throughput"], default="latency",
                     help="latency: one call at a time; throughput: --streams callers at once")
-    sp.add_argument("--streams", type=_positive, help="throughput mode: concurrent callers (default 2-4)")
+    sp.add_argument("--streams", type=positive_int, help="throughput mode: concurrent callers (default 2-4)")
     sp.add_argument("--seconds", type=float, default=2.0, help="timed seconds per combination (default 2)")
     sp.add_argument("--data", help="image directory: time real images, and report top-1 (class sub-folders named "
                                    "like the labels) and mean payload bytes")

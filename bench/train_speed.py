@@ -71,10 +71,8 @@ def _train(cfg: dict[str, Any], procs: int, data: str, work: Path, name: str) ->
     recipe.write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(BIN / "edgesplit"), "train", str(recipe), "--out", str(out), "--data", data, "--no-progress"]
-    if "--no-report" in subprocess.run([str(BIN / "edgesplit"), "train", "--help"], capture_output=True,
-                                       text=True).stdout:
-        cmd.append("--no-report")
+    cmd = [str(BIN / "edgesplit"), "train", str(recipe), "--out", str(out), "--data", data, "--no-progress",
+           "--no-report"]
     if procs > 1:
         cmd = [str(BIN / "torchrun"), "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
                "--master-port", str(29600 + os.getpid() % 300), *cmd]

@@ -85,8 +85,7 @@ class Distributed:
         dist.init_process_group(**kwargs)
 
     def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+        close_process_group()
 
     def barrier(self) -> None:
         if self.active:

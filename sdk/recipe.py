@@ -47,14 +47,6 @@ class RecipePlan:
     runs: list[StageRun] = field(default_factory=list)
     points: list[str] = field(default_factory=list)
 
-    def finals(self) -> dict[str | None, StageRun]:
-        """The last run of each sweep point (the one to publish)."""
-        out: dict[str | None, StageRun] = {}
-        for r in self.runs:
-            if r.point is not None or not self.points:
-                out[r.point] = r
-        return out
-
 
 def is_staged(data: dict[str, Any]) -> bool:
     return "stages" in data or "vars" in data

@@ -16,7 +16,7 @@ import numpy as np
 from edgesplit import bitstream
 from edgesplit.bitstream import Frame
 from edgesplit.bundle import Bundle
-from edgesplit.errors import BitstreamError, BundleError
+from edgesplit.errors import BitstreamError, BundleError, ForeignPayloadError
 from edgesplit.interfaces import BackendSession
 
 from .backends import open_part
@@ -28,10 +28,6 @@ __all__ = ["ForeignPayloadError", "ServerDecoder"]
 # Only used to tell a foreign payload from a malformed one after the strict parse failed; parsing never allocates
 # per element, and nothing is decoded from a frame whose shape differs from this bundle's latent.
 _IDENTIFY_MAX_ELEMENTS = 1 << 26
-
-
-class ForeignPayloadError(BitstreamError):
-    """A well-formed payload made by another bundle (its fingerprint is not this bundle's)."""
 
 
 class ServerDecoder(_SessionInfo):

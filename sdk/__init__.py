@@ -9,10 +9,13 @@ from .errors import (
     BackendUnavailable,
     BitstreamError,
     BundleError,
+    CheckpointError,
     ConfigError,
     DataError,
     EdgesplitError,
     ExportError,
+    ForeignPayloadError,
+    InferenceError,
     PluginError,
 )
 from . import errors as _errors

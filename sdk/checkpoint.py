@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, EdgesplitError
+from .errors import CheckpointError, ConfigError
 from .registry import create
 
 __all__ = ["META_KEY", "FORMAT", "FILE_PARAMS", "CheckpointError", "read_metadata", "build_model", "load"]
@@ -19,10 +19,6 @@ __all__ = ["META_KEY", "FORMAT", "FILE_PARAMS", "CheckpointError", "read_metadat
 META_KEY = "edgesplit"  # the safetensors metadata key holding the JSON recipe
 FORMAT = 1
 FILE_PARAMS = ("teacher",)  # model parameters that name a file, resolved next to the checkpoint first
-
-
-class CheckpointError(EdgesplitError):
-    """A checkpoint file is missing, unreadable or not an edgesplit checkpoint."""
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

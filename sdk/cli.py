@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from ._commands import RenamedFlag, positive_int
 from .errors import BackendUnavailable, ConfigError, EdgesplitError
 
 __all__ = ["main"]
@@ -47,8 +48,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         names = read_label_names(args.label_names)  # a bad file fails before any image is decoded
     out = run_directory(args.out, resume=args.resume)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         cfg.threads = args.threads
     metrics = train(cfg, out, data_root=args.data, resume=args.resume, source=args.config,
                     progress=not args.no_progress)
@@ -77,8 +76,6 @@ def _train_staged(args: argparse.Namespace, raw: dict, sweep: dict) -> int:
     out = run_directory(args.out, resume=args.resume)
     plan = plan_recipe(raw, out, source=args.config, sweep=sweep)  # every stage validated before any trains
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         for r in plan.runs:
             r.config.threads = args.threads
     results = train_plan(plan, out, data_root=args.data, resume=args.resume, source=args.config,
@@ -97,7 +94,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if target.is_dir():
         from .runtime.evaluate import evaluate_bundle  # bundles: the deployed path through a runtime backend
 
-        result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, split=args.split)
+        result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, split=args.subset)
     else:
         if args.quality is not None and args.input_codec is None:
             raise ConfigError("--quality needs --input-codec jpeg|webp|avif|jxl")
@@ -111,7 +108,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 raise
             raise BackendUnavailable("evaluating a checkpoint needs torch: pip install edgesplit[train] "
                                      "(or export it and evaluate the bundle directory instead)") from exc
-        result = evaluate_checkpoint(target, args.data, limit=args.limit, split=args.split,
+        result = evaluate_checkpoint(target, args.data, limit=args.limit, split=args.subset,
                                      input_codec=args.input_codec, quality=args.quality)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -143,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help="ImageFolder dataset directory (overrides data.root)")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    sp.add_argument("--threads", type=int, help="CPU threads for torch (overrides the recipe's threads)")
+    sp.add_argument("--threads", type=positive_int, help="CPU threads for torch (overrides the recipe's threads)")
     sp.add_argument("--label-names", metavar="FILE",
                     help="YAML mapping of class id to display name, stored in model.safetensors next to the ids")
     sp.add_argument("--no-report", action="store_true",
@@ -154,9 +151,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="top-1 (and bytes) of a checkpoint or bundle on an ImageFolder directory")
     sp.add_argument("target", help="checkpoint (.safetensors) or bundle directory")
     sp.add_argument("--data", required=True, help="ImageFolder directory (class sub-folders named like the model's labels)")
-    sp.add_argument("--limit", type=int, help="evaluate a seeded subset of N images")
-    sp.add_argument("--split", choices=["all", "val"], default="all",
-                    help="'val': only the checkpoint's own held-out split of --data (the training directory)")
+    sp.add_argument("--limit", type=positive_int, help="evaluate a seeded subset of N images")
+    sp.add_argument("--subset", choices=["all", "val"], default="all",
+                    help="'val': only the images of --data (the training directory) that the model's training held out")
+    sp.add_argument("--split", choices=["all", "val"], dest="subset", action=RenamedFlag, new="--subset",
+                    help=argparse.SUPPRESS)
     sp.add_argument("--input-codec", choices=["jpeg", "webp", "avif", "jxl"],
                     help="compress each preprocessed image first (avif, jxl: pip install edgesplit[codecs])")
     sp.add_argument("--quality", type=int, help="input codec quality (jpeg, webp: 1-100; avif, jxl: 0-100)")

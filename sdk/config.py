@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ._checks import is_int, positive_int
 from .errors import ConfigError
 
 __all__ = [
@@ -100,7 +101,7 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
             raise ConfigError(f"{_where(source, path)}: expected true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise ConfigError(f"{_where(source, path)}: expected an integer, got {value!r}")
         return value
     if tp is float:
@@ -258,14 +259,12 @@ class TrainConfig:
     log_every: int = 20
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError("epochs must be at least 1")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be at least 1")
+        positive_int(self.epochs, "epochs")
+        positive_int(self.batch_size, "batch_size")
         if not _DEVICE_RE.match(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device[:40]!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.threads is not None:
+            positive_int(self.threads, "threads")
         if self.teacher_cache:
             random_parts = [k for k, on in (("data.augment", self.data.augment), ("data.mixup", self.data.mixup > 0),
                                              ("data.cutmix", self.data.cutmix > 0)) if on]

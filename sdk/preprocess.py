@@ -13,6 +13,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ._checks import is_int
 from .errors import ConfigError, DataError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocess", "ImageInput", "load_image", "eval_crop", "normalize",
@@ -74,7 +75,7 @@ def _short(value: Any) -> str:
 
 
 def _side(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+    if not is_int(value) or not 1 <= value <= MAX_SIDE:
         raise ConfigError(f"{where}: expected an integer number of pixels in 1..{MAX_SIDE}, got {_short(value)}")
     return value
 

@@ -55,7 +55,7 @@ def test_set_overrides_reach_the_run(recipe: Path, image_folder: Path, tmp_path:
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("epochs=0", "epochs must be at least 1"),
+    ("epochs=0", "epochs must be a positive integer, got 0"),
     ("data.nope=1", "data.nope: unknown key"),
     ("epochs=many", "epochs: expected an integer"),
     ("epochs", "expected KEY=VALUE"),

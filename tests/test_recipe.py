@@ -43,7 +43,7 @@ def test_plan_merges_substitutes_and_chains_init(tmp_path: Path) -> None:
     ({"stages": [{"epochs": 1}]}, r"stages\[0\].name"),
     ({"stages": [{"name": "a"}, {"name": "b", "shared": True}]}, "shared stages must come first"),
     ({"stages": [{"name": "a", "epochs": "${nope}"}]}, r"\$\{nope\} is not in vars"),
-    ({"stages": [{"name": "a", "epochs": 0}]}, r"stages\[0\] \(a\).*epochs must be at least 1"),
+    ({"stages": [{"name": "a", "epochs": 0}]}, r"stages\[0\] \(a\).*epochs must be a positive integer"),
     ({"stages": [{"name": "a", "bogus": 1}]}, "bogus: unknown key"),
     ({"stages": []}, "non-empty list"),
 ])

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from ._checks import is_int
 from .errors import ConfigError, DataError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocess", "ImageInput", "load_image", "eval_crop", "normalize",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_SCALE", "Preprocess", "ImageInput", "load_image", "eval_crop", "normalization", "normalize",
            "random_resized_crop"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,11 +133,26 @@ def eval_crop(image: ImageInput, spec: Preprocess) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+PIXEL_SCALE = 255.0  # uint8 -> [0, 1]
+
+
+def normalization(spec: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The one definition of input normalization: ``(x / 255 - mean) / std`` on float32 NCHW, in that order.
+
+    Returns mean and std as float32 (1, 3, 1, 1). Every implementation (numpy here, the torch training input, the
+    exported ONNX graphs, the OpenVINO binary graph) takes its constants from this function and applies the same
+    four steps: cast to float32, transpose NHWC -> NCHW, divide by ``PIXEL_SCALE``, subtract mean, divide by std.
+    ``spec`` is anything with ``mean`` and ``std`` (a ``Preprocess`` or a binary network's ``InputSpec``).
+    """
+    shape = (1, 3, 1, 1)
+    return np.asarray(spec.mean, np.float32).reshape(shape), np.asarray(spec.std, np.float32).reshape(shape)
+
+
 def normalize(batch: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """uint8 NHWC -> float32 NCHW, scaled to [0, 1] and normalized by the spec's mean and std."""
-    x = batch.astype(np.float32) / 255.0
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """uint8 NHWC -> float32 NCHW by ``normalization``."""
+    mean, std = normalization(spec)
+    x = batch.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(PIXEL_SCALE)
+    return np.ascontiguousarray((x - mean) / std)
 
 
 def random_resized_crop(

@@ -25,7 +25,7 @@ from torch import nn
 from edgesplit.config import TrainConfig, to_dict
 from edgesplit.data import ImageCache, ImageFolder, stratified_split
 from edgesplit.errors import ConfigError, DataError
-from edgesplit.preprocess import Preprocess
+from edgesplit.preprocess import PIXEL_SCALE, Preprocess, normalization
 from edgesplit.registry import create, get
 
 from . import losses as _losses  # noqa: F401  (registers the built-in losses)
@@ -33,9 +33,19 @@ from .checkpoint import atomic_write, build_model, load, load_state, save_checkp
 from .hardware import close_process_group, resolve_hardware
 from .mixing import mix_batch
 
-__all__ = ["Trainer", "train", "model_outputs", "evaluate_cache", "to_input"]
+__all__ = ["Trainer", "train", "model_outputs", "evaluate_cache", "normalize_image", "to_input"]
 
 log = logging.getLogger(__name__)
+
+
+def normalize_image(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW, the steps of ``edgesplit.preprocess.normalization``; the exported graphs run this.
+
+    The cast comes before the transpose so no uint8 tensor flows between ops (TensorRT takes UINT8 only at network
+    inputs and outputs).
+    """
+    x = image.to(torch.float32).permute(0, 3, 1, 2) / PIXEL_SCALE
+    return (x - mean) / std
 
 
 def to_input(batch: np.ndarray, spec: Preprocess, channels_last: bool = False,
@@ -49,10 +59,8 @@ def to_input(batch: np.ndarray, spec: Preprocess, channels_last: bool = False,
     x = torch.from_numpy(batch)
     if device is not None and torch.device(device).type != "cpu":
         x = x.to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    mean, std = (torch.from_numpy(a).to(x.device) for a in normalization(spec))
+    x = normalize_image(x, mean, std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 

@@ -15,6 +15,8 @@ from typing import Any
 from edgesplit._commands import positive_int
 from edgesplit.errors import BackendUnavailable, ConfigError
 
+from ._backend_names import BACKENDS
+
 __all__ = ["register_cli"]
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ def register_cli(subparsers: Any) -> None:
     sp.add_argument("bundle", help="split bundle directory (from `edgesplit export`)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    sp.add_argument("--backend", default="onnxruntime", help="onnxruntime, openvino or tensorrt")
+    sp.add_argument("--backend", default=BACKENDS[0], help=f"{', '.join(BACKENDS)} (default {BACKENDS[0]})")
     sp.add_argument("--device", default="cpu", help="e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
     sp.add_argument("--threads", type=positive_int, help="intra-op threads of the backend (default: the runtime's)")
     sp.add_argument("--top-k", type=positive_int, default=5, help="labels per answer")

@@ -14,7 +14,8 @@ import yaml
 
 from edgesplit import bitstream
 from edgesplit.bundle import Bundle
-from edgesplit.errors import BackendUnavailable, BitstreamError, BundleError, ConfigError, DataError, PluginError
+from edgesplit.errors import (BackendUnavailable, BitstreamError, BundleError, ConfigError, DataError, EdgesplitError,
+                              InferenceError, PluginError)
 from edgesplit.preprocess import eval_crop
 from edgesplit.runtime import (DeviceEncoder, DeviceModel, ForeignPayloadError, Prediction, ServerDecoder,
                                open_part, open_session)
@@ -103,14 +104,43 @@ def test_session_reports_what_it_uses(split_bundle: Path, backend: str) -> None:
 def test_session_rejects_bad_inputs_by_name(split_bundle: Path, backend: str) -> None:
     session = open_part(Bundle.open(split_bundle), "encoder", backend, threads=1)
     good = np.zeros((1, PREPROCESS.size, PREPROCESS.size, 3), np.uint8)
-    with pytest.raises(DataError, match="'image' must have dtype uint8"):
+    where = f"backend '{backend}' on 'cpu' running encoder"
+    with pytest.raises(InferenceError, match=f"{where}.*'image' must have dtype uint8"):
         session.run({"image": good.astype(np.float32)})
-    with pytest.raises(DataError, match="'image' must have shape Nx32x32x3"):
+    with pytest.raises(InferenceError, match="'image' must have shape Nx32x32x3"):
         session.run({"image": good[:, :16]})
-    with pytest.raises(DataError, match="missing"):
+    with pytest.raises(InferenceError, match="missing"):
         session.run({"pixels": good})
-    with pytest.raises(DataError, match="numpy array"):
+    with pytest.raises(InferenceError, match="numpy array"):
         session.run({"image": good.tolist()})
+    assert session.run({"image": good})["symbols"].shape == (1, *LATENT)
+
+
+def _broadcast_graph(path: Path) -> Path:
+    """x (N, M) float -> x + [1, 2, 3]: the graph declares M dynamic, so only the runtime finds M != 3 wrong."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    bias = helper.make_tensor("bias", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "bias"], ["y"])], "broadcast", [x], [y], [bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.skipif(not _installed("onnxruntime"), reason="onnxruntime is not installed")
+def test_runtime_failure_while_running_is_an_inference_error(tmp_path: Path) -> None:
+    session = open_session("onnxruntime", _broadcast_graph(tmp_path / "add.onnx"), threads=1)
+    np.testing.assert_array_equal(session.run({"x": np.zeros((2, 3), np.float32)})["y"], [[1, 2, 3], [1, 2, 3]])
+    with pytest.raises(InferenceError, match=r"backend 'onnxruntime' on 'cpu' running add\.onnx.*x: float32 \(2, 4\)"
+                       ) as caught:
+        session.run({"x": np.zeros((2, 4), np.float32)})
+    assert not isinstance(caught.value, BackendUnavailable)
+    cause = caught.value.__cause__
+    assert cause is not None and not isinstance(cause, EdgesplitError)  # onnxruntime's own error, kept as the cause
 
 
 @pytest.mark.skipif(not (_installed("onnxruntime") and _installed("openvino")), reason="needs both backends")

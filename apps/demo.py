@@ -42,11 +42,11 @@ def run_codec_demo(seed: int = 0) -> dict[str, float]:
     pmfs, offsets = discretized_laplace_pmfs(scales, half_width=24)
     codec = FactorizedCodec(pmfs, offsets)
     symbols = np.round(rng.laplace(0.0, scales[:, None, None], size=(24, 16, 16))).astype(np.int32)
-    frame = bitstream.pack(codec.encode(symbols), fingerprint=bytes(8), shape=symbols.shape, codec=codec.codec_id)
-    f = bitstream.unpack(frame, expected_fingerprint=bytes(8))
-    if not np.array_equal(codec.decode(f.payload, f.shape), symbols):
+    payload = bitstream.encode_payload(codec, symbols, fingerprint=bytes(8))
+    decoded = bitstream.decode_payload(codec, payload, fingerprint=bytes(8), shape=symbols.shape)
+    if not np.array_equal(decoded, symbols):
         raise RuntimeError("codec round trip was not bit-exact")  # a bug, not user error
-    return {"symbols": float(symbols.size), "payload_bytes": float(len(frame)),
+    return {"symbols": float(symbols.size), "payload_bytes": float(len(payload)),
             "information_bytes": codec.information_bits(symbols) / 8}
 
 

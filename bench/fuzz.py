@@ -138,31 +138,31 @@ def fuzz_payloads(decoder: Any, payloads: list[bytes], rng: random.Random, deadl
                 b[rng.randrange(len(b))] = rng.randrange(256)
             data, original = bytes(b), p
         elif kind == "coded_bitflip":  # a buggy encoder: the CRC is computed over corrupted bytes
-            b = bytearray(frame.payload)
+            b = bytearray(frame.body)
             bit = rng.randrange(len(b) * 8)
             b[bit // 8] ^= 1 << (bit % 8)
             data, original = reframe(frame, bytes(b)), p
         elif kind == "coded_bytes":
-            b = bytearray(frame.payload)
+            b = bytearray(frame.body)
             for _ in range(rng.randint(1, 4)):
                 b[rng.randrange(len(b))] = rng.randrange(256)
             data, original = reframe(frame, bytes(b)), p
         elif kind == "coded_truncate":
-            data, original = reframe(frame, frame.payload[:rng.randrange(1, len(frame.payload))]), p
+            data, original = reframe(frame, frame.body[:rng.randrange(1, len(frame.body))]), p
         elif kind == "coded_extend":
-            data, original = reframe(frame, frame.payload + bytes(rng.randrange(1, 256) for _ in range(4))), p
+            data, original = reframe(frame, frame.body + bytes(rng.randrange(1, 256) for _ in range(4))), p
         elif kind == "header":
             field = rng.choice(["shape", "fingerprint", "codec", "huge"])
             if field == "shape":
                 shape = tuple(max(1, d + rng.choice([-1, 1])) for d in frame.shape)
-                data = reframe(frame, frame.payload, shape=shape)
+                data = reframe(frame, frame.body, shape=shape)
             elif field == "fingerprint":
-                data = reframe(frame, frame.payload, fingerprint=bytes(rng.randrange(256) for _ in range(8)))
+                data = reframe(frame, frame.body, fingerprint=bytes(rng.randrange(256) for _ in range(8)))
             elif field == "codec":
-                data = reframe(frame, frame.payload, codec=rng.choice([c for c in bitstream.CODEC_IDS.values()
+                data = reframe(frame, frame.body, codec=rng.choice([c for c in bitstream.CODEC_IDS.values()
                                                                        if c != frame.codec]))
             else:
-                data = reframe(frame, frame.payload, shape=(frame.shape[0], 1 << 20, 1 << 20))
+                data = reframe(frame, frame.body, shape=(frame.shape[0], 1 << 20, 1 << 20))
             original = None if data == p else p
         else:
             data, original = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 2048))), None

@@ -208,7 +208,7 @@ def run_faults(url: str, token: str, payload: bytes, max_body_bytes: int,
         "garbage": (os.urandom(64), auth, 400),
         "truncated": (payload[: len(payload) // 2], auth, 400),
         "corrupted": (payload[:-5] + bytes([payload[-5] ^ 0xFF]) + payload[-4:], auth, 400),
-        "wrong_latent_shape": (bitstream.pack(frame.payload, fingerprint=frame.fingerprint,
+        "wrong_latent_shape": (bitstream.pack(frame.body, fingerprint=frame.fingerprint,
                                               shape=(1, *frame.shape), codec=frame.codec), auth, 400),
         "oversized": (b"\0" * (max_body_bytes + 1), auth, 413),
         "wrong_model": (foreign, auth, 409),
@@ -316,7 +316,7 @@ def foreign_payload(payload: bytes) -> bytes:
     """The same latent framed with another fingerprint: what a device running another bundle sends."""
     frame = bitstream.unpack(payload)
     other = bytes(b ^ 0x5A for b in frame.fingerprint)
-    return bitstream.pack(frame.payload, fingerprint=other, shape=frame.shape, codec=frame.codec)
+    return bitstream.pack(frame.body, fingerprint=other, shape=frame.shape, codec=frame.codec)
 
 
 def load_images(data: Path, count: int) -> list[Path]:

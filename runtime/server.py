@@ -133,7 +133,7 @@ class ServerDecoder(_SessionInfo):
         frame = payload if isinstance(payload, Frame) else self.unpack(payload)
         if frame.fingerprint != self._fingerprint or frame.shape != self.latent_shape:
             raise BitstreamError("frame was not checked by this decoder's unpack(); pass the payload bytes")
-        return self.codec.decode(frame.payload, self.latent_shape)
+        return self.codec.decode(frame.body, self.latent_shape)
 
     # -- decoding ---------------------------------------------------------------------------------------
     def decode(self, payload: bytes) -> Prediction:

@@ -1,16 +1,24 @@
-"""Versioned container around a codec payload: magic, version, bundle fingerprint, shape, codec id, CRC32.
+"""Versioned container around a coded body: magic, version, bundle fingerprint, shape, codec id, CRC32.
 
-Parsing is strict and bounded; every malformed input raises ``BitstreamError`` naming the check that failed.
+Parsing is strict and bounded; every malformed input raises ``BitstreamError`` naming the check that failed. A payload
+is the whole frame on the wire; its body is the codec's bytes inside it.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import warnings
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .errors import BitstreamError
+
+if TYPE_CHECKING:
+    from .interfaces import EntropyCodec
 
 __all__ = [
     "MAGIC",
@@ -21,6 +29,8 @@ __all__ = [
     "Frame",
     "pack",
     "unpack",
+    "encode_payload",
+    "decode_payload",
 ]
 
 MAGIC = b"ES"
@@ -33,20 +43,27 @@ CODEC_IDS: dict[int, str] = {1: "factorized-v1", 2: "factorized-v2", 3: "factori
 _CODEC_BYTES = {name: byte for byte, name in CODEC_IDS.items()}
 
 _CRC_BYTES = 4
-_MAX_VARINT_BYTES = 5  # enough for 2^35 - 1, above any dim or payload length we accept
-# magic, version, fingerprint, codec, ndim, one 1-byte dim, 1-byte payload length, CRC
+_MAX_VARINT_BYTES = 5  # enough for 2^35 - 1, above any dim or body length we accept
+# magic, version, fingerprint, codec, ndim, one 1-byte dim, 1-byte body length, CRC
 _MIN_FRAME = len(MAGIC) + 1 + FINGERPRINT_BYTES + 1 + 1 + 1 + 1 + _CRC_BYTES
 _HEADER_START = len(MAGIC) + 1 + FINGERPRINT_BYTES  # where the codec byte sits
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One unpacked frame: the codec payload and what is needed to decode it."""
+    """One unpacked frame: the coded body and what is needed to decode it."""
 
-    payload: bytes
+    body: bytes
     shape: tuple[int, ...]
     codec: str
     fingerprint: bytes
+
+    @property
+    def payload(self) -> bytes:
+        """Deprecated name of ``body`` (a payload is the whole frame on the wire)."""
+        warnings.warn("Frame.payload is deprecated: use Frame.body (the coded bytes inside the frame)",
+                      DeprecationWarning, stacklevel=2)
+        return self.body
 
 
 def _varint(value: int) -> bytes:
@@ -76,10 +93,10 @@ def _read_varint(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
     raise BitstreamError(f"frame's {what} field is longer than {_MAX_VARINT_BYTES} bytes; the frame is corrupted")
 
 
-def pack(payload: bytes, *, fingerprint: bytes, shape: tuple[int, ...], codec: str) -> bytes:
-    """Wrap a codec payload in a frame that ``unpack`` can check and parse."""
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise BitstreamError(f"payload must be bytes, got {type(payload).__name__}")
+def pack(body: bytes, *, fingerprint: bytes, shape: tuple[int, ...], codec: str) -> bytes:
+    """Wrap a coded body in a frame (the payload) that ``unpack`` can check and parse."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"frame body must be bytes, got {type(body).__name__}")
     if not isinstance(fingerprint, (bytes, bytearray)) or len(fingerprint) != FINGERPRINT_BYTES:
         raise BitstreamError(
             f"fingerprint must be {FINGERPRINT_BYTES} bytes (the bundle fingerprint), got {fingerprint!r}"
@@ -97,7 +114,7 @@ def pack(payload: bytes, *, fingerprint: bytes, shape: tuple[int, ...], codec: s
         raise BitstreamError(f"shape must have 1 to {MAX_NDIM} dims, got {dims}")
     if any(not 1 <= dim <= MAX_DIM for dim in dims):
         raise BitstreamError(f"shape dims must be ints in [1, {MAX_DIM}], got {dims}")
-    body = bytes(payload)
+    body = bytes(body)
     header = b"".join(
         [
             MAGIC,
@@ -129,7 +146,7 @@ def unpack(
             "use a matching edgesplit release"
         )
 
-    # Framing: find where the payload starts and ends, so truncation and trailing bytes are named as such.
+    # Framing: find where the body starts and ends, so truncation and trailing bytes are named as such.
     end = len(data) - _CRC_BYTES
     pos = _HEADER_START
     codec_byte, ndim = data[pos], data[pos + 1]
@@ -140,13 +157,13 @@ def unpack(
     for axis in range(ndim):
         dim, pos = _read_varint(data, pos, end, f"shape[{axis}]")
         dims.append(dim)
-    length, pos = _read_varint(data, pos, end, "payload length")
+    length, pos = _read_varint(data, pos, end, "body length")
     if pos + length > end:
         raise BitstreamError(
-            f"frame is truncated: it declares a {length}-byte payload, {max(end - pos, 0)} bytes are there"
+            f"frame is truncated: it declares a {length}-byte body, {max(end - pos, 0)} bytes are there"
         )
     if pos + length < end:
-        raise BitstreamError(f"frame has {end - pos - length} trailing bytes after the payload and CRC")
+        raise BitstreamError(f"frame has {end - pos - length} trailing bytes after the body and CRC")
 
     crc = int.from_bytes(data[end:], "little")
     if zlib.crc32(data[:end]) != crc:
@@ -170,4 +187,22 @@ def unpack(
             f"frame fingerprint {fingerprint.hex()} does not match this bundle ({bytes(expected_fingerprint).hex()}); "
             "the payload was made by another model or bundle version"
         )
-    return Frame(payload=data[pos:end], shape=shape, codec=codec, fingerprint=fingerprint)
+    return Frame(body=data[pos:end], shape=shape, codec=codec, fingerprint=fingerprint)
+
+
+def encode_payload(codec: EntropyCodec, symbols: Any, *, fingerprint: bytes) -> bytes:
+    """int32 symbols (C, ...) -> one payload: ``codec.encode`` framed with their shape and the codec's id."""
+    return pack(codec.encode(symbols), fingerprint=fingerprint, shape=np.shape(symbols), codec=codec.codec_id)
+
+
+def decode_payload(codec: EntropyCodec, payload: bytes, *, fingerprint: bytes | None,
+                   shape: tuple[int, ...] | None = None, max_elements: int = 1 << 24) -> Any:
+    """One payload -> its int32 symbols: strict ``unpack``, then the frame must name ``codec``'s id (and ``shape``,
+    when given) before anything is entropy-decoded. ``fingerprint=None`` accepts a frame from any bundle."""
+    frame = unpack(payload, expected_fingerprint=fingerprint, max_elements=max_elements)
+    if frame.codec != codec.codec_id:
+        raise BitstreamError(f"payload uses codec {frame.codec!r}; these tables decode {codec.codec_id!r}")
+    if shape is not None and frame.shape != tuple(shape):
+        raise BitstreamError(f"payload carries a latent of shape {frame.shape}; this model's latent is "
+                             f"{tuple(shape)}: encode with the same model or bundle")
+    return codec.decode(frame.body, frame.shape)

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgesplit.bitstream import FINGERPRINT_BYTES, MAGIC, MAX_NDIM, VERSION, Frame, pack, unpack
+from edgesplit.bitstream import (
+    FINGERPRINT_BYTES,
+    MAGIC,
+    MAX_NDIM,
+    VERSION,
+    Frame,
+    decode_payload,
+    encode_payload,
+    pack,
+    unpack,
+)
 from edgesplit.errors import BitstreamError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -38,7 +48,7 @@ def test_constants() -> None:
 def test_round_trip(payload: bytes, shape: tuple[int, ...], fingerprint: bytes) -> None:
     data = pack(payload, fingerprint=fingerprint, shape=shape, codec="factorized-v1")
     frame = unpack(data, expected_fingerprint=fingerprint, max_elements=5000**MAX_NDIM)
-    assert frame == Frame(payload=payload, shape=shape, codec="factorized-v1", fingerprint=fingerprint)
+    assert frame == Frame(body=payload, shape=shape, codec="factorized-v1", fingerprint=fingerprint)
 
 
 def test_header_is_small() -> None:
@@ -51,7 +61,7 @@ def test_accepts_numpy_dims_and_bytes_like() -> None:
 
     data = pack(memoryview(b"abcd"), fingerprint=bytearray(FP), shape=np.zeros((2, 3)).shape, codec="factorized-v1")
     assert pack(b"abcd", fingerprint=FP, shape=(np.int64(2), np.int32(3)), codec="factorized-v1") == data
-    assert unpack(bytearray(data)) == Frame(payload=b"abcd", shape=(2, 3), codec="factorized-v1", fingerprint=FP)
+    assert unpack(bytearray(data)) == Frame(body=b"abcd", shape=(2, 3), codec="factorized-v1", fingerprint=FP)
 
 
 def test_frame_is_frozen() -> None:
@@ -74,14 +84,14 @@ def test_frame_is_frozen() -> None:
         ({"shape": (1 << 31,)}, "dims"),
         ({"shape": (True, 2)}, "dims"),
         ({"shape": 6}, "dims"),
-        ({"payload": "text"}, "payload"),
+        ({"body": "text"}, "body"),
     ],
 )
 def test_pack_rejects_bad_arguments(kwargs: dict, message: str) -> None:
-    args = {"payload": b"abcd", "fingerprint": FP, "shape": (2, 3), "codec": "factorized-v1", **kwargs}
-    payload = args.pop("payload")
+    args = {"body": b"abcd", "fingerprint": FP, "shape": (2, 3), "codec": "factorized-v1", **kwargs}
+    body = args.pop("body")
     with pytest.raises(BitstreamError, match=message):
-        pack(payload, **args)
+        pack(body, **args)
 
 
 def test_named_checks() -> None:
@@ -162,3 +172,46 @@ def test_garbage_only_raises_bitstream_error(garbage: bytes) -> None:
 def test_golden_frame_parses() -> None:
     frame = unpack((GOLDEN / "frame.bin").read_bytes(), expected_fingerprint=bytes.fromhex("0123456789abcdef"))
     assert frame.shape == (4, 6, 5) and frame.codec == "factorized-v1"
+
+
+def test_frame_payload_is_a_deprecated_name_of_body() -> None:
+    frame = unpack(frame_bytes(b"abcd", (2, 3)))
+    assert frame.body == b"abcd"
+    with pytest.warns(DeprecationWarning, match="Frame.body"):
+        assert frame.payload == b"abcd"
+
+
+def _laplace_codec(codec_id: str = "factorized-v3"):
+    from edgesplit.codec import FactorizedCodec, discretized_laplace_pmfs
+
+    pmfs, offsets = discretized_laplace_pmfs([0.5, 1.0, 2.0], 8)
+    return FactorizedCodec(pmfs, offsets, codec_id=codec_id)
+
+
+def test_encode_payload_frames_the_codec_bytes_with_shape_and_codec_id() -> None:
+    import numpy as np
+
+    codec = _laplace_codec()
+    symbols = np.random.default_rng(0).integers(-12, 12, size=(3, 4, 5)).astype(np.int32)
+    payload = encode_payload(codec, symbols, fingerprint=FP)
+    assert payload == pack(codec.encode(symbols), fingerprint=FP, shape=(3, 4, 5), codec="factorized-v3")
+    assert unpack(payload) == Frame(body=codec.encode(symbols), shape=(3, 4, 5), codec="factorized-v3",
+                                    fingerprint=FP)
+    np.testing.assert_array_equal(decode_payload(codec, payload, fingerprint=FP), symbols)
+    np.testing.assert_array_equal(decode_payload(codec, payload, fingerprint=None, shape=(3, 4, 5)), symbols)
+
+
+def test_decode_payload_checks_fingerprint_codec_shape_and_size_before_decoding() -> None:
+    import numpy as np
+
+    codec = _laplace_codec()
+    symbols = np.zeros((3, 4, 5), dtype=np.int32)
+    payload = encode_payload(codec, symbols, fingerprint=FP)
+    with pytest.raises(BitstreamError, match="fingerprint"):
+        decode_payload(codec, payload, fingerprint=bytes(8))
+    with pytest.raises(BitstreamError, match="codec 'factorized-v3'.*decode 'factorized-v2'"):
+        decode_payload(_laplace_codec("factorized-v2"), payload, fingerprint=FP)
+    with pytest.raises(BitstreamError, match=r"shape \(3, 4, 5\).*\(3, 5, 4\)"):
+        decode_payload(codec, payload, fingerprint=FP, shape=(3, 5, 4))
+    with pytest.raises(BitstreamError, match="max_elements"):
+        decode_payload(codec, payload, fingerprint=FP, max_elements=59)

@@ -173,14 +173,14 @@ def test_golden_frame_is_reproduced_byte_for_byte(codec_id: str, name: str) -> N
     assert FactorizedCodec(pmfs, offsets, codec_id=codec_id).encode(symbols) == codec.encode(symbols)
     frame = unpack(golden, expected_fingerprint=fingerprint)
     assert frame.codec == codec_id
-    np.testing.assert_array_equal(codec.decode(frame.payload, frame.shape), symbols)
+    np.testing.assert_array_equal(codec.decode(frame.body, frame.shape), symbols)
 
 
 def test_golden_v2_frame_is_the_v1_frame_less_zero_bytes() -> None:
     v1 = unpack((GOLDEN / "frame.bin").read_bytes())
     v2 = unpack((GOLDEN / "frame_v2.bin").read_bytes())
-    assert v1.payload.startswith(v2.payload) and 0 < len(v1.payload) - len(v2.payload) <= 3
-    assert v1.payload[len(v2.payload):] == bytes(len(v1.payload) - len(v2.payload))
+    assert v1.body.startswith(v2.body) and 0 < len(v1.body) - len(v2.body) <= 3
+    assert v1.body[len(v2.body):] == bytes(len(v1.body) - len(v2.body))
 
 
 @pytest.mark.parametrize("codec_id", [CODEC_ID, V2_CODEC_ID, LEGACY_CODEC_ID])

@@ -604,6 +604,6 @@ def test_runtime_round_trip_equals_torch(ckpt: Path, tmp_path: Path) -> None:
         payloads = encoder.encode_batch(images)
         for i, payload in enumerate(payloads):
             frame = bitstream.unpack(payload, expected_fingerprint=bundle.fingerprint)
-            np.testing.assert_array_equal(bundle.codec().decode(frame.payload, frame.shape), want_symbols[i].numpy())
+            np.testing.assert_array_equal(bundle.codec().decode(frame.body, frame.shape), want_symbols[i].numpy())
         for i, pred in enumerate(decoder.decode_batch(payloads)):
             np.testing.assert_allclose(pred.logits, want_logits[i], rtol=0, atol=1e-4)

@@ -96,7 +96,7 @@ def test_decode_statuses(decoder: ServerDecoder, payloads: list[bytes], other_sp
         r = client.post("/v1/decode", content=b"", headers=auth)
         assert r.status_code == 400 and "empty" in r.json()["detail"]
         frame = bitstream.unpack(payloads[0])
-        bad_shape = bitstream.pack(frame.payload, fingerprint=frame.fingerprint, shape=(4, 4, 16), codec=frame.codec)
+        bad_shape = bitstream.pack(frame.body, fingerprint=frame.fingerprint, shape=(4, 4, 16), codec=frame.codec)
         r = client.post("/v1/decode", content=bad_shape, headers=auth)
         assert r.status_code == 400 and "latent shape" in r.json()["detail"]
 

@@ -140,11 +140,10 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None
             symbols = model.encode_symbols(x).numpy()  # type: ignore[operator]
             decoded = []
             for s in symbols:
-                frame = bitstream.pack(codec.encode(s), fingerprint=fingerprint, shape=s.shape, codec=codec.codec_id)
-                payload_bytes.append(len(frame))
+                payload = bitstream.encode_payload(codec, s, fingerprint=fingerprint)
+                payload_bytes.append(len(payload))
                 info_bits.append(codec.information_bits(s))
-                f = bitstream.unpack(frame, expected_fingerprint=fingerprint)
-                decoded.append(codec.decode(f.payload, f.shape))
+                decoded.append(bitstream.decode_payload(codec, payload, fingerprint=fingerprint, shape=s.shape))
             logits = model.decode_symbols(torch.from_numpy(np.stack(decoded)))  # type: ignore[operator]
         else:
             logits = model(x)

@@ -49,11 +49,9 @@ def predict_checkpoint(path: str | Path, images: Sequence[Path], *, root: Path |
         if split:
             decoded = []
             for i, sym in enumerate(model.encode_symbols(x).numpy()):  # type: ignore[operator]
-                frame = bitstream.pack(codec.encode(sym), fingerprint=fingerprint, shape=sym.shape,
-                                       codec=codec.codec_id)
-                sizes[i] = len(frame)
-                f = bitstream.unpack(frame, expected_fingerprint=fingerprint)
-                decoded.append(codec.decode(f.payload, f.shape))
+                payload = bitstream.encode_payload(codec, sym, fingerprint=fingerprint)
+                sizes[i] = len(payload)
+                decoded.append(bitstream.decode_payload(codec, payload, fingerprint=fingerprint, shape=sym.shape))
             logits = model.decode_symbols(torch.from_numpy(np.stack(decoded)))  # type: ignore[operator]
         else:
             logits = model(x)

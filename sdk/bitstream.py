@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._codec_ids import CODEC_BYTES
 from .errors import BitstreamError
 
 if TYPE_CHECKING:
@@ -38,9 +39,8 @@ VERSION = 1
 FINGERPRINT_BYTES = 8
 MAX_NDIM = 8
 MAX_DIM = (1 << 31) - 1
-# Byte on the wire -> codec id. Append only: a byte, once given out, keeps its meaning.
-CODEC_IDS: dict[int, str] = {1: "factorized-v1", 2: "factorized-v2", 3: "factorized-v3"}
-_CODEC_BYTES = {name: byte for byte, name in CODEC_IDS.items()}
+# Byte on the wire -> codec id, read from the one table (edgesplit._codec_ids).
+CODEC_IDS: dict[int, str] = {byte: name for name, byte in CODEC_BYTES.items()}
 
 _CRC_BYTES = 4
 _MAX_VARINT_BYTES = 5  # enough for 2^35 - 1, above any dim or body length we accept
@@ -101,8 +101,8 @@ def pack(body: bytes, *, fingerprint: bytes, shape: tuple[int, ...], codec: str)
         raise BitstreamError(
             f"fingerprint must be {FINGERPRINT_BYTES} bytes (the bundle fingerprint), got {fingerprint!r}"
         )
-    if not isinstance(codec, str) or codec not in _CODEC_BYTES:
-        raise BitstreamError(f"unknown codec {codec!r}; known codecs: {', '.join(sorted(_CODEC_BYTES))}")
+    if not isinstance(codec, str) or codec not in CODEC_BYTES:
+        raise BitstreamError(f"unknown codec {codec!r}; known codecs: {', '.join(sorted(CODEC_BYTES))}")
     try:
         raw = tuple(shape)
         if any(isinstance(dim, bool) for dim in raw):
@@ -120,7 +120,7 @@ def pack(body: bytes, *, fingerprint: bytes, shape: tuple[int, ...], codec: str)
             MAGIC,
             bytes([VERSION]),
             bytes(fingerprint),
-            bytes([_CODEC_BYTES[codec], len(dims)]),
+            bytes([CODEC_BYTES[codec], len(dims)]),
             *(_varint(dim) for dim in dims),
             _varint(len(body)),
         ]

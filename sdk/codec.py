@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import constriction
 import numpy as np
 
+from ._codec_ids import CODEC_BYTES, CODEC_ID, LEGACY_CODEC_ID, V2_CODEC_ID
 from .errors import BitstreamError, ConfigError
 from .registry import register
 
@@ -30,10 +31,7 @@ __all__ = [
     "discretized_laplace_pmfs",
 ]
 
-CODEC_ID = "factorized-v3"  # what new tables code with
-LEGACY_CODEC_ID = "factorized-v1"  # whole 32-bit words; decoded for bundles exported before v2
-V2_CODEC_ID = "factorized-v2"  # byte-trimmed, no check state; decoded for bundles exported before v3
-CODEC_IDS = (LEGACY_CODEC_ID, V2_CODEC_ID, CODEC_ID)
+CODEC_IDS: tuple[str, ...] = tuple(CODEC_BYTES)  # oldest first
 # v3's coder starts from this state instead of 0, and a payload must decode back to exactly it. A corrupted v1/v2
 # payload often decodes cleanly: once its words run out the coder's state falls to 0, the empty state, and stays
 # there; a v3 payload must instead land on these 17 bits (0 to 4 bytes more per payload, 0 on average on the

@@ -215,3 +215,12 @@ def test_decode_payload_checks_fingerprint_codec_shape_and_size_before_decoding(
         decode_payload(codec, payload, fingerprint=FP, shape=(3, 5, 4))
     with pytest.raises(BitstreamError, match="max_elements"):
         decode_payload(codec, payload, fingerprint=FP, max_elements=59)
+
+
+def test_codec_bytes_come_from_the_one_table() -> None:
+    from edgesplit import bitstream, codec
+
+    assert bitstream.CODEC_IDS == {1: "factorized-v1", 2: "factorized-v2", 3: "factorized-v3"}  # pinned by golden frames
+    assert tuple(bitstream.CODEC_IDS.values()) == codec.CODEC_IDS
+    for byte, name in bitstream.CODEC_IDS.items():
+        assert pack(b"", fingerprint=FP, shape=(1,), codec=name)[len(MAGIC) + 1 + FINGERPRINT_BYTES] == byte

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -30,7 +30,7 @@ try:
 except ImportError:  # not POSIX: stale partial directories are left for the user to remove
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "KINDS", "Bundle", "BundleWriter", "sha256_file", "sweep_partials"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "KINDS", "Manifest", "Bundle", "BundleWriter", "sha256_file", "sweep_partials"]
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +224,69 @@ def _check_manifest(mpath: Path, manifest: Any) -> None:
         _check_codec(mpath, manifest["codec"])
 
 
+# Top-level keys in the order a manifest is written (people read it); keys outside this list are kept as read.
+_ORDER = ("format_version", "kind", "name", "fingerprint", "input", "labels", "label_names", "opset", "precision",
+          "binary_layers", "versions", "source", "train_split", "codec", "io", "parts", "runtime", "tensorrt",
+          "files")
+
+
+@dataclass
+class Manifest:
+    """``manifest.yaml`` as a typed object: what ``BundleWriter`` writes and ``Bundle`` reads.
+
+    Optional entries are ``None`` when absent and are then left out of ``to_dict()``; keys this version does not
+    know travel in ``extra``, so a bundle's manifest survives a read and a write unchanged.
+    """
+
+    kind: str
+    labels: list[str]
+    input: dict[str, Any]
+    parts: dict[str, dict[str, Any]]
+    fingerprint: str | None = None
+    name: str | None = None
+    label_names: list[str] | None = None
+    opset: int | None = None
+    precision: str | None = None
+    binary_layers: int | None = None
+    versions: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
+    train_split: dict[str, Any] | None = None
+    codec: dict[str, Any] | None = None
+    io: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None
+    tensorrt: dict[str, Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | Path = MANIFEST) -> "Manifest":
+        """A checked manifest (``BundleError`` naming ``where`` and the first bad key, as ``Bundle.open`` reports)."""
+        _check_manifest(Path(where), data)
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping written to ``manifest.yaml``: known keys in their order, then the others, ``files`` last."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {k: values[k] for k in _ORDER if k != "files" and values[k] is not None}
+        out.update(self.extra)
+        out["files"] = self.files
+        return out
+
+    def backend_options(self, backend: str) -> dict[str, Any]:
+        """The ``runtime.<backend>`` options parity was checked with (empty when none were recorded)."""
+        return dict((self.runtime or {}).get(backend) or {})
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """An opened, verified bundle."""
+    """An opened, verified bundle: ``manifest`` as read (a mapping), ``contents`` the same as a ``Manifest``."""
 
     path: Path
     manifest: dict[str, Any]
+    contents: Manifest = field(compare=False, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True) -> "Bundle":
@@ -241,9 +298,9 @@ class Bundle:
             raise BundleError(f"{root}: {MANIFEST} is missing (is this an edgesplit bundle?)")
         _confined(root, MANIFEST, "manifest")  # a symbolic link out of the bundle is refused like any other path
         manifest = load_bounded(mpath, BundleError, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
-        _check_manifest(mpath, manifest)
-        files = manifest["files"]
-        bundle = cls(root, manifest)
+        contents = Manifest.from_dict(manifest, mpath)
+        files = contents.files
+        bundle = cls(root, manifest, contents)
         for rel, digest in files.items():
             full = _confined(root, rel, "files")
             if not full.is_file():
@@ -256,40 +313,40 @@ class Bundle:
     # -- accessors ----------------------------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        return str(self.manifest["kind"])
+        return self.contents.kind
 
     @property
     def fingerprint(self) -> bytes:
-        return bytes.fromhex(self.manifest["fingerprint"])
+        return bytes.fromhex(str(self.contents.fingerprint))
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.contents.labels)
 
     @property
     def label_names(self) -> list[str]:
         """Display names parallel to ``labels`` (a bundle exported without names shows its ids)."""
-        return list(self.manifest.get("label_names") or self.manifest["labels"])
+        return list(self.contents.label_names or self.contents.labels)
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.manifest["input"]["preprocess"])
+        return Preprocess.from_dict(self.contents.input["preprocess"])
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        if self.kind != "split":
+        if self.kind != "split" or self.contents.codec is None:
             raise BundleError(f"{self.path}: a {self.kind} bundle has no latent")
-        return tuple(int(v) for v in self.manifest["codec"]["latent_shape"])
+        return tuple(int(v) for v in self.contents.codec["latent_shape"])
 
     def parts(self) -> tuple[str, ...]:
         return PARTS[self.kind]
 
     def backends(self, part: str) -> list[str]:
-        return sorted(self.manifest["parts"].get(part, {}))
+        return sorted(self.contents.parts.get(part, {}))
 
     def file(self, part: str, backend: str, key: str = "model") -> Path:
         """The file of ``part`` for ``backend`` (``key``: 'model', or e.g. 'weights' for OpenVINO's .bin)."""
-        entry = self.manifest["parts"].get(part)
+        entry = self.contents.parts.get(part)
         if entry is None:
             raise BundleError(f"{self.path}: this {self.kind} bundle has no part {part!r} (parts: {', '.join(self.parts())})")
         if backend not in entry:
@@ -301,24 +358,50 @@ class Bundle:
         return _confined(self.path, rel, f"parts.{part}.{backend}.{key}")
 
     def codec(self) -> Any:
-        """The ``FactorizedCodec`` of a split bundle, from its tables file."""
-        from .codec import CODEC_IDS, LEGACY_CODEC_ID, FactorizedCodec
+        """The entropy codec of a split bundle: component ``codec.id`` of registry kind ``codec``, built from the
+        tables file (``from_arrays``)."""
+        from .codec import LEGACY_CODEC_ID
+        from .registry import available, get
 
-        if self.kind != "split":
+        if self.kind != "split" or self.contents.codec is None:
             raise BundleError(f"{self.path}: a {self.kind} bundle has no codec tables")
-        entry = self.manifest.get("codec", {})
+        entry = self.contents.codec
         path = _confined(self.path, entry.get("file"), "codec.file")
         codec_id = entry.get("id", LEGACY_CODEC_ID)  # bundles name it; a manifest without one predates v2
-        if codec_id not in CODEC_IDS:
+        known = available("codec")
+        if codec_id not in known:
             raise BundleError(
                 f"{self.path}: manifest codec.id {short(codec_id)} is not one this edgesplit decodes "
-                f"({', '.join(CODEC_IDS)}); upgrade edgesplit"
+                f"({', '.join(known)}); upgrade edgesplit, or install the plugin that registers that codec"
             )
+        factory = get("codec", codec_id)
         try:
             with np.load(path, allow_pickle=False) as z:
-                return FactorizedCodec.from_arrays({k: z[k] for k in z.files}, codec_id=codec_id)
-        except (OSError, ValueError, KeyError) as exc:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
             raise BundleError(f"{path}: unreadable codec tables ({exc})") from exc
+        try:
+            return _codec_from_arrays(factory, arrays, codec_id)
+        except (ValueError, KeyError) as exc:
+            raise BundleError(f"{path}: unreadable codec tables ({exc})") from exc
+
+
+def _codec_from_arrays(factory: Any, arrays: dict[str, np.ndarray], codec_id: str) -> Any:
+    """A registered codec rebuilt from its tables through its ``from_arrays(arrays, codec_id=...)``.
+
+    A codec id registered as a plain function (the older payload layouts of the factorized tables, which build a
+    ``FactorizedCodec`` from float pmfs) is rebuilt by the class that codes those layouts.
+    """
+    from .codec import CODEC_IDS, FactorizedCodec
+
+    from_arrays = getattr(factory, "from_arrays", None)
+    if from_arrays is None and codec_id in CODEC_IDS:
+        from_arrays = FactorizedCodec.from_arrays
+    if from_arrays is None:
+        raise BundleError(f"codec {codec_id!r} is registered by {getattr(factory, '__qualname__', factory)!r}, which "
+                          "has no from_arrays(tables, codec_id=...) to rebuild it from a bundle's tables; register "
+                          "the codec class itself")
+    return from_arrays(arrays, codec_id=codec_id)
 
 
 def _lock(directory: Path) -> int | None:
@@ -422,14 +505,24 @@ class BundleWriter:
                 h.update(f"{rel}\0{digest}\n".encode())
         return h.hexdigest()[:16]
 
-    def commit(self, manifest: dict[str, Any]) -> Bundle:
-        manifest = dict(manifest)
-        manifest["format_version"] = FORMAT_VERSION
-        manifest["files"] = self.files()
-        manifest.setdefault("fingerprint", self.fingerprint())
-        text = yaml.safe_dump(manifest, sort_keys=False)
-        (self.tmp / MANIFEST).write_text(text, encoding="utf-8")
-        Bundle.open(self.tmp)  # never publish a bundle that would not open
+    def stage(self, manifest: Manifest | dict[str, Any]) -> Bundle:
+        """Write the manifest (files hashed now, fingerprint filled in if absent) into the temporary directory and
+        open it there: the bundle as it will be published, for checks that must pass before ``commit``."""
+        if isinstance(manifest, Manifest):
+            staged = replace(manifest, format_version=FORMAT_VERSION, files=self.files(),
+                             fingerprint=manifest.fingerprint or self.fingerprint())
+            data = staged.to_dict()
+        else:
+            data = dict(manifest)
+            data["format_version"] = FORMAT_VERSION
+            data["files"] = self.files()
+            data.setdefault("fingerprint", self.fingerprint())
+        (self.tmp / MANIFEST).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return Bundle.open(self.tmp)
+
+    def commit(self, manifest: Manifest | dict[str, Any]) -> Bundle:
+        """Stage ``manifest`` (hashing every file written since, e.g. a report) and rename the bundle into place."""
+        self.stage(manifest)  # never publish a bundle that would not open
         os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a server running as another user must read it
         if self.dest.exists():
             if not self.overwrite:

@@ -6,7 +6,7 @@ OpenVINO 1-bit graph and its ONNX Q/DQ graph from them (``edgesplit.export.openv
 
 from __future__ import annotations
 
-from . import binary, qat  # noqa: F401  (register the binary and qat students)
+from . import binary, export_hooks, qat  # noqa: F401  (register the binary and qat students, their export hooks)
 from .binary import (
     ESTIMATORS,
     BinaryConv2d,

@@ -19,6 +19,7 @@ from edgesplit.errors import (BackendUnavailable, BitstreamError, BundleError, C
 from edgesplit.preprocess import eval_crop
 from edgesplit.runtime import (DeviceEncoder, DeviceModel, ForeignPayloadError, Prediction, ServerDecoder,
                                open_part, open_session)
+from edgesplit.runtime.device import predictions_from_logits
 
 from .runtime_fixtures import LABELS, LATENT, PREPROCESS, full_bundle, other_split_bundle, split_bundle  # noqa: F401
 
@@ -232,10 +233,10 @@ def test_round_trip_equals_running_the_graphs_directly(split_bundle: Path, image
     for payload, expected in zip(payloads, symbols):
         frame = bitstream.unpack(payload, expected_fingerprint=encoder.fingerprint)
         assert frame.shape == LATENT and frame.codec == "factorized-v3"
-        np.testing.assert_array_equal(codec.decode(frame.payload, frame.shape), expected)
+        np.testing.assert_array_equal(codec.decode(frame.body, frame.shape), expected)
     np.testing.assert_allclose(np.stack([p.logits for p in predictions]), logits, atol=1e-5)
     for p, row in zip(predictions, logits):
-        assert isinstance(p, Prediction) and len(p.labels) == 2 and p.top1 == LABELS[int(row.argmax())]
+        assert isinstance(p, Prediction) and len(p.classes) == 2 and p.top1 == LABELS[int(row.argmax())]
         assert p.probs[0] >= p.probs[1] and p.indices[0] == int(row.argmax())
     single = decoder.decode(encoder.encode(images[0]))
     assert single.to_dict() == predictions[0].to_dict()
@@ -295,7 +296,7 @@ def test_bad_payloads(split_bundle: Path, other_split_bundle: Path, images: list
         decoder.decode("not bytes")  # type: ignore[arg-type]
     frame = bitstream.unpack(payload)
     for shape, match in (((4, 8, 4), "latent shape"), ((4, 64, 64), "max_elements")):
-        wrong = bitstream.pack(frame.payload, fingerprint=frame.fingerprint, shape=shape, codec=frame.codec)
+        wrong = bitstream.pack(frame.body, fingerprint=frame.fingerprint, shape=shape, codec=frame.codec)
         with pytest.raises(BitstreamError, match=match):
             decoder.decode(wrong)
     # a larger latent from another bundle is still named as foreign, never decoded
@@ -334,8 +335,24 @@ def test_device_model(full_bundle: Path, images: list[np.ndarray], backend: str)
     direct = ort.InferenceSession(str(full_bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
     logits = direct.run(None, {"image": np.stack([eval_crop(im, PREPROCESS) for im in images])})[0]
     np.testing.assert_allclose(np.stack([p.logits for p in predictions]), logits, atol=1e-5)
-    assert model.predict(images[1]).labels == predictions[1].labels
-    assert all(len(p.labels) == 2 and abs(sum(p.probs) - sum(p.probs)) == 0 for p in predictions)
+    assert model.predict(images[1]).classes == predictions[1].classes
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    for p, row in zip(predictions, softmax):
+        best = np.argsort(-row, kind="stable")[:2]
+        assert p.indices == tuple(best) and p.classes == tuple(LABELS[i] for i in best)
+        np.testing.assert_allclose(p.probs, row[best], rtol=0, atol=1e-5)
+
+
+def test_prediction_classes_and_the_deprecated_labels() -> None:
+    logits = np.array([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]], np.float32)
+    first, second = predictions_from_logits(logits, LABELS, top_k=2, names=["Apple", "Banana", "Cherry"])
+    assert first.classes == ("banana", "cherry") and first.indices == (1, 2) and first.names == ("Banana", "Cherry")
+    assert second.classes == ("apple", "banana") and second.top1 == "apple" and second.top1_name == "Apple"
+    answer = first.to_dict()
+    assert answer["classes"] == ["banana", "cherry"] and answer["top1"] == "banana" and "labels" not in answer
+    with pytest.warns(DeprecationWarning, match="Prediction.classes"):
+        assert first.labels == first.classes
 
 
 def test_missing_backend_files(tmp_path: Path, split_bundle: Path) -> None:
@@ -367,7 +384,7 @@ def test_bundle_exported_with_word_aligned_payloads_still_works(tmp_path: Path, 
     old, new = legacy.encode_batch(images), current.encode_batch(images)
     for a, b in zip(old, new):
         fa, fb = bitstream.unpack(a), bitstream.unpack(b)
-        assert (fa.codec, fb.codec) == ("factorized-v1", "factorized-v3") and len(fa.payload) % 4 == 0
+        assert (fa.codec, fb.codec) == ("factorized-v1", "factorized-v3") and len(fa.body) % 4 == 0
     decoder = ServerDecoder.open(copy, threads=1)
     assert [p.to_dict() for p in decoder.decode_batch(old)] == [
         p.to_dict() for p in ServerDecoder.open(split_bundle, threads=1).decode_batch(new)]
@@ -385,7 +402,21 @@ def test_evaluate_bundle(split_bundle: Path, full_bundle: Path, image_folder: Pa
     from edgesplit.runtime.evaluate import evaluate_bundle
 
     split = evaluate_bundle(split_bundle, image_folder, threads=1)
-    assert split["images"] == 24 and 0.0 <= split["top1"] <= 1.0 and split["kind"] == "split"
+    assert split["images"] == 24 and split["kind"] == "split"
+    # top-1 counts the deployed path's answers: images filed under the class the bundle predicts score 1, under
+    # another class 0, and the first folder scores the share of images whose folder is the predicted class
+    encoder, decoder = DeviceEncoder.open(split_bundle, threads=1), ServerDecoder.open(split_bundle, threads=1)
+    images = sorted(p for p in image_folder.rglob("*") if p.is_file())
+    predicted = [decoder.decode(encoder.encode(p)).indices[0] for p in images]
+    truth = [LABELS.index(p.parent.name) for p in images]
+    assert split["top1"] == pytest.approx(np.mean(np.equal(predicted, truth)))
+    for shift, want in ((0, 1.0), (1, 0.0)):
+        relabeled = image_folder.parent / f"relabeled{shift}"
+        for c in LABELS:
+            (relabeled / c).mkdir(parents=True)
+        for p, k in zip(images, predicted):
+            shutil.copy(p, relabeled / LABELS[(k + shift) % len(LABELS)] / f"{p.parent.name}_{p.name}")
+        assert evaluate_bundle(split_bundle, relabeled, threads=1)["top1"] == want
     assert 20 < split["mean_payload_bytes"] < 1000 and split["latent_shape"] == list(LATENT)
     val = evaluate_bundle(split_bundle, image_folder, limit=4, split="val", threads=1)
     assert val["images"] == 4 and val["split"] == "val"

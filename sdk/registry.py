@@ -11,9 +11,10 @@ import difflib
 import importlib
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import PluginError
 
@@ -27,6 +28,7 @@ __all__ = [
     "available",
     "broken_plugins",
     "load_plugins",
+    "isolated",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,35 @@ def create(kind: str, name: str, **params: Any) -> Any:
         return factory(**params)
     except TypeError as exc:
         raise PluginError(f"cannot build {kind} {name!r} with parameters {sorted(params)}: {exc}") from exc
+
+
+@contextmanager
+def isolated() -> Iterator[None]:
+    """A block whose registrations and plugin discovery are undone on exit (tests, notebooks).
+
+    The installed plugins are discovered first and stay registered; inside, discovery starts afresh, so a faked
+    ``importlib.metadata.entry_points`` is read, and components registered there are forgotten afterwards.
+    """
+    global _discovered
+    with _lock:
+        load_plugins()  # a plugin module imports once per process: keep what it registered
+        saved = ({kind: dict(names) for kind, names in _components.items()}, dict(_origins), list(_broken),
+                 set(_loaded_entry_points))
+        _reset_for_tests()
+    try:
+        yield
+    finally:
+        with _lock:
+            components, origins, broken, loaded = saved
+            for kind in _components:
+                _components[kind].clear()
+                _components[kind].update(components[kind])
+            _origins.clear()
+            _origins.update(origins)
+            _broken[:] = broken
+            _loaded_entry_points.clear()
+            _loaded_entry_points.update(loaded)
+            _discovered = True
 
 
 def _reset_for_tests() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .bottleneck import EntropyBottleneck, factorized
 from .gdn import GDN, IGDN
-from .student import DeviceGraph, ServerGraph, SplitStudent, entropic, file_sha256
+from .student import DEFAULT_BOTTLENECK, SplitStudent, entropic, file_sha256
 
-__all__ = ["EntropyBottleneck", "factorized", "GDN", "IGDN", "SplitStudent", "DeviceGraph", "ServerGraph",
-           "entropic", "file_sha256"]
+__all__ = ["EntropyBottleneck", "factorized", "GDN", "IGDN", "SplitStudent", "DEFAULT_BOTTLENECK", "entropic",
+           "file_sha256"]

@@ -7,40 +7,37 @@ Matsubara, Yang, Levorato, Mandt, "Supervised Compression for Resource-Constrain
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
+from edgesplit.bundle import sha256_file
 from edgesplit.checkpoint import load
 from edgesplit.codec import FactorizedCodec
 from edgesplit.errors import ConfigError
 from edgesplit.interfaces import Teacher
 from edgesplit.plugins.backbones import count_macs
-from edgesplit.registry import register
+from edgesplit.registry import create, register
 
-from .bottleneck import EntropyBottleneck
 from .gdn import GDN, IGDN
 
-__all__ = ["SplitStudent", "DeviceGraph", "ServerGraph", "entropic", "file_sha256"]
+__all__ = ["SplitStudent", "entropic", "file_sha256", "DEFAULT_BOTTLENECK"]
+
+DEFAULT_BOTTLENECK = "factorized"  # what checkpoints without a ``bottleneck`` param were trained with
 
 _EXTRA_KEYS = frozenset({"logits", "bits", "aux"})
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (identifies the exact teacher a student was distilled from)."""
-    h = hashlib.sha256()
+    """Hex sha256 of the teacher checkpoint a student is distilled from (``edgesplit.bundle.sha256_file``)."""
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(Path(path))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the teacher checkpoint ({exc.strerror or exc}); "
                           "train the teacher first or fix params.teacher") from exc
-    return h.hexdigest()
 
 
 def _encoder_strides(stride: int, layers: int, cut: str) -> list[int]:
@@ -85,6 +82,9 @@ class SplitStudent(nn.Module):
     teacher's). The committed recipes tune the first two stages after the cut, so a student checkpoint stays ~2 MB
     in fp16 instead of carrying a copy of the whole tail per beta.
 
+    ``bottleneck`` names the registered ``bottleneck`` component built with ``channels=bottleneck_channels``
+    (default ``factorized``); it must offer ``quantize_symbols``, ``dequantize``, ``tables`` and ``aux_loss``.
+
     ``latent_stride`` (default: the cut's stride) lets the symbols be coarser than the cut: the committed recipes
     cut after stage1 (stride 4, as the paper cuts ResNets after layer1, so the server keeps most of the teacher)
     but send a stride-8 latent, which the decoder upsamples back with nearest-neighbour 2x steps and 3x3 convs.
@@ -99,7 +99,8 @@ class SplitStudent(nn.Module):
 
     def __init__(self, teacher: nn.Module, cut: str = "stage2", bottleneck_channels: int = 24,
                  encoder_channels: int = 96, decoder_channels: int = 128, encoder_layers: int = 3,
-                 tune_tail: Iterable[str] = (), latent_stride: int | None = None) -> None:
+                 tune_tail: Iterable[str] = (), latent_stride: int | None = None,
+                 bottleneck: str = DEFAULT_BOTTLENECK) -> None:
         super().__init__()
         if not isinstance(teacher, nn.Module) or not isinstance(teacher, Teacher):
             raise ConfigError(f"the teacher must be a torch module with named stages (edgesplit.interfaces.Teacher: "
@@ -136,7 +137,11 @@ class SplitStudent(nn.Module):
                 enc[f"gdn{i}"] = GDN(out_chs)
             in_chs = out_chs
         self.encoder = nn.Sequential(enc)
-        self.bottleneck = EntropyBottleneck(bottleneck_channels)
+        if not isinstance(bottleneck, str) or not bottleneck:
+            raise ConfigError(f"bottleneck must be the name of a registered bottleneck (e.g. {DEFAULT_BOTTLENECK!r}), "
+                              f"got {bottleneck!r}")
+        self.bottleneck = create("bottleneck", bottleneck, channels=bottleneck_channels)
+        self.bottleneck_name = bottleneck
         dec: OrderedDict[str, nn.Module] = OrderedDict([
             ("conv0", _conv(bottleneck_channels, decoder_channels, 3)),
             ("igdn0", IGDN(decoder_channels)),
@@ -205,22 +210,6 @@ class SplitStudent(nn.Module):
                                "stages)")
         self.load_state_dict(state, strict=False)
 
-    def device_modules(self) -> dict[str, nn.Module]:
-        """What runs on the device: image -> symbols."""
-        return {"encoder": self.encoder, "bottleneck": self.bottleneck}
-
-    def server_modules(self) -> dict[str, nn.Module]:
-        """What runs on the server: symbols -> logits (the bottleneck only for its medians)."""
-        return {"bottleneck": self.bottleneck, "decoder": self.decoder, "tail": self.tail}
-
-    def device_graph(self) -> DeviceGraph:
-        """An exportable module image (N, 3, H, W) -> int32 symbols (N, C, h, w)."""
-        return DeviceGraph(self)
-
-    def server_graph(self) -> ServerGraph:
-        """An exportable module int32 symbols (N, C, h, w) -> logits."""
-        return ServerGraph(self)
-
     # -- inference paths ---------------------------------------------------------------------------------------
     def encode_symbols(self, x: torch.Tensor) -> torch.Tensor:
         """Device path: image -> int32 symbols ``round(encoder(x) - median)``."""
@@ -272,8 +261,8 @@ class SplitStudent(nn.Module):
             with torch.no_grad():
                 symbols = self.encode_symbols(x)
             teacher = _TeacherView(self._teacher_front, self.tail)
-            device_macs = _macs(self.device_graph(), x)
-            server_macs = _macs(self.server_graph(), symbols)
+            device_macs = _macs(_Call(self, self.encode_symbols), x)
+            server_macs = _macs(_Call(self, self.decode_symbols), symbols)
             teacher_macs = _macs(teacher, x)
         finally:
             for m, was in modes:
@@ -295,36 +284,16 @@ class SplitStudent(nn.Module):
         }
 
 
-class DeviceGraph(nn.Module):
-    """image -> int32 symbols: the graph a device runs (``round(y - median)`` is inside)."""
+class _Call(nn.Module):
+    """One of the student's paths as a module over the student's layers, so ``count_macs`` hooks see them."""
 
-    def __init__(self, student: SplitStudent) -> None:
+    def __init__(self, student: SplitStudent, path: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
-        self.encoder = student.encoder
-        self.bottleneck = student.bottleneck
+        self.student = student
+        self.path = path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bottleneck.quantize_symbols(self.encoder(x))
-
-
-class ServerGraph(nn.Module):
-    """int32 symbols -> logits: the graph a server runs (``+ median`` is inside)."""
-
-    def __init__(self, student: SplitStudent) -> None:
-        super().__init__()
-        self.cut = student.cut
-        self.bottleneck = student.bottleneck
-        self.decoder = student.decoder
-        self.tail = student.tail
-
-    def train(self, mode: bool = True) -> ServerGraph:
-        super().train(mode)
-        self.tail.eval()
-        return self
-
-    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
-        features = self.decoder(self.bottleneck.dequantize(symbols))
-        return self.tail.forward_stages(features, after=self.cut)[0]
+        return self.path(x)
 
 
 class _TeacherView(nn.Module):
@@ -366,13 +335,14 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
 def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, encoder_channels: int = 96,
              decoder_channels: int = 128, encoder_layers: int = 3, num_classes: int | None = None,
              teacher_sha256: str | None = None, tune_tail: list[str] | None = None,
-             latent_stride: int | None = None) -> SplitStudent:
+             latent_stride: int | None = None, bottleneck: str | None = None) -> SplitStudent:
     """Entropic Student over the teacher checkpoint at ``teacher``, split after stage ``cut``.
 
     ``teacher_sha256`` pins the exact teacher file (a mismatch is a ConfigError); the model's ``recipe_params``
     carry it, filled in, so a checkpoint's recipe rebuilds the same tail or fails loudly. ``tune_tail``: tail
     stages (after ``cut``) that stage 2 fine-tunes and the student checkpoint stores. ``latent_stride``: the
     symbols' stride (default: the cut's); a coarser latent is upsampled back to the cut's resolution by the decoder.
+    ``bottleneck``: a registered bottleneck's name (default ``factorized``, what checkpoints without it used).
     """
     digest = file_sha256(teacher)
     if teacher_sha256 is not None and teacher_sha256.lower() != digest:
@@ -387,7 +357,8 @@ def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, e
         raise ConfigError(f"{teacher}: the teacher predicts {classes} classes, params.num_classes is {num_classes}")
     student = SplitStudent(model, cut=cut, bottleneck_channels=bottleneck_channels,
                            encoder_channels=encoder_channels, decoder_channels=decoder_channels,
-                           encoder_layers=encoder_layers, tune_tail=tune_tail or (), latent_stride=latent_stride)
+                           encoder_layers=encoder_layers, tune_tail=tune_tail or (), latent_stride=latent_stride,
+                           bottleneck=DEFAULT_BOTTLENECK if bottleneck is None else bottleneck)
     student.recipe_params = {
         "teacher": str(teacher), "cut": cut, "bottleneck_channels": bottleneck_channels,
         "encoder_channels": encoder_channels, "decoder_channels": decoder_channels,
@@ -398,4 +369,6 @@ def entropic(teacher: str, cut: str = "stage2", bottleneck_channels: int = 24, e
         student.recipe_params["tune_tail"] = list(tune_tail)
     if latent_stride is not None:
         student.recipe_params["latent_stride"] = latent_stride
+    if bottleneck is not None:
+        student.recipe_params["bottleneck"] = bottleneck
     return student

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from pathlib import Path
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgesplit import bitstream
+from edgesplit.bundle import sha256_file
 from edgesplit.data import ImageFolder, stratified_split
 from edgesplit.errors import BackendUnavailable, ConfigError, DataError
 from edgesplit.interfaces import SplitModel
@@ -75,12 +76,8 @@ def compress_image(crop: np.ndarray, codec: str, quality: int,
 
 
 def file_fingerprint(path: str | Path) -> bytes:
-    """8 bytes identifying a checkpoint or bundle file (sha256 prefix)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()[:8]
+    """8 bytes identifying a checkpoint or bundle file: the first bytes of its sha256 (``sha256_file``)."""
+    return bytes.fromhex(sha256_file(Path(path)))[:bitstream.FINGERPRINT_BYTES]
 
 
 def select_indices(dataset: ImageFolder, split: str, info: dict[str, Any], limit: int | None) -> np.ndarray:
@@ -118,8 +115,6 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None
                         codec_options: dict[str, Any] | None = None,
                         batch_size: int = 64) -> dict[str, Any]:
     """Evaluate a checkpoint; split students go image by image through symbols -> codec -> bitstream -> decode."""
-    from edgesplit import bitstream
-
     if input_codec is not None and input_codec not in INPUT_CODECS:
         raise ConfigError(f"unknown input codec {input_codec!r}; choose one of {', '.join(INPUT_CODECS)}")
     model = load(path)

@@ -106,7 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     sock = _listen(args.host, args.port)  # bound and listening before the banner says so
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
-    print(f"edgesplit serve: {decoder.bundle.manifest.get('name', args.bundle)} (model {decoder.fingerprint.hex()}, "
+    print(f"edgesplit serve: {decoder.bundle.manifest.get('name', args.bundle)} (fingerprint {decoder.fingerprint.hex()}, "
           f"{decoder.backend} on {decoder.device}) at http://{url_host}:{port}/v1/decode", flush=True)
     try:
         uvicorn.Server(config).run(sockets=[sock])

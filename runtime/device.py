@@ -7,6 +7,7 @@ inside the graphs, so a device needs only a backend, numpy, Pillow and the entro
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -30,10 +31,11 @@ DEFAULT_BATCH_SIZE = 32  # images per graph call in the *_batch methods (bounds 
 
 @dataclass(frozen=True, eq=False)
 class Prediction:
-    """Top-k of one image: ``labels`` (class ids) best first with their display ``names`` and softmax ``probs``;
-    ``logits`` are all classes. A bundle without display names gives its ids as names."""
+    """Top-k of one image: ``classes`` (class ids, a subset of the bundle's ``labels``) best first with their display
+    ``names`` and softmax ``probs``; ``logits`` are all classes. A bundle without display names gives its ids as
+    names."""
 
-    labels: tuple[str, ...]
+    classes: tuple[str, ...]
     probs: tuple[float, ...]
     logits: np.ndarray
     indices: tuple[int, ...]
@@ -41,20 +43,27 @@ class Prediction:
 
     def __post_init__(self) -> None:
         if not self.names:
-            object.__setattr__(self, "names", tuple(self.labels))
+            object.__setattr__(self, "names", tuple(self.classes))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Deprecated name of ``classes`` (a bundle's ``labels`` are all its classes, not the top-k)."""
+        warnings.warn("Prediction.labels is deprecated: use Prediction.classes (the top-k class ids)",
+                      DeprecationWarning, stacklevel=2)
+        return self.classes
 
     @property
     def top1(self) -> str:
-        return self.labels[0]
+        return self.classes[0]
 
     @property
     def top1_name(self) -> str:
         return self.names[0]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: labels, names, probs, top1, top1_name (logits left out)."""
-        return {"labels": list(self.labels), "names": list(self.names), "probs": list(self.probs), "top1": self.top1,
-                "top1_name": self.top1_name}
+        """JSON-ready: classes, names, probs, top1, top1_name (logits left out)."""
+        return {"classes": list(self.classes), "names": list(self.names), "probs": list(self.probs),
+                "top1": self.top1, "top1_name": self.top1_name}
 
 
 def predictions_from_logits(logits: np.ndarray, labels: Sequence[str], top_k: int,
@@ -69,7 +78,7 @@ def predictions_from_logits(logits: np.ndarray, labels: Sequence[str], top_k: in
     probs /= probs.sum(axis=1, keepdims=True)
     k = min(top_k, logits.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [Prediction(labels=tuple(labels[i] for i in row), probs=tuple(float(probs[n, i]) for i in row),
+    return [Prediction(classes=tuple(labels[i] for i in row), probs=tuple(float(probs[n, i]) for i in row),
                        logits=logits[n].copy(), indices=tuple(int(i) for i in row),
                        names=tuple(str(names[i]) for i in row))
             for n, row in enumerate(order)]
@@ -251,8 +260,7 @@ class DeviceEncoder(_Runner):
         symbols, pre_ms, graph_ms = self._symbols(batch)
         t0 = time.perf_counter()
         fingerprint = self.bundle.fingerprint
-        payloads = [bitstream.pack(self.codec.encode(s), fingerprint=fingerprint, shape=self.latent_shape,
-                                   codec=self.codec.codec_id) for s in symbols]
+        payloads = [bitstream.encode_payload(self.codec, s, fingerprint=fingerprint) for s in symbols]
         self.last_timings = {"preprocess_ms": pre_ms, "graph_ms": graph_ms, "entropy_ms": _ms(t0),
                              "total_ms": _ms(t_start), "images": len(batch)}
         return payloads

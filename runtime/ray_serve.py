@@ -110,9 +110,10 @@ def _deployment() -> Any:
                                                                  "GET /healthz or GET /metrics"}, status_code=404)
 
         async def decode_payload(self, payload: bytes) -> dict[str, Any]:
-            """For DeploymentHandle callers: payload bytes -> {labels, probs, top1, model}; BitstreamError if bad."""
+            """For DeploymentHandle callers: payload bytes -> {classes, names, probs, top1, top1_name, fingerprint};
+            BitstreamError if bad."""
             prediction = await self._submit(self.decoder.unpack(payload))
-            return {**prediction.to_dict(), "model": self.decoder.fingerprint.hex()}
+            return {**prediction.to_dict(), "fingerprint": self.decoder.fingerprint.hex()}
 
     _deployment_class = EdgesplitDecoder
     return EdgesplitDecoder

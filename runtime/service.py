@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from edgesplit.bitstream import Frame
-from edgesplit.errors import BitstreamError, ConfigError, EdgesplitError
+from edgesplit.errors import BitstreamError, ConfigError, EdgesplitError, InferenceError
 
 from .device import Prediction
 from .server import ForeignPayloadError, ServerDecoder
@@ -309,10 +309,11 @@ class DecodeService:
         self.metrics = metrics or Metrics()
         self.queue_depth = queue_depth
         self.ready = ready
-        self.model = decoder.fingerprint.hex()
+        self.fingerprint = decoder.fingerprint.hex()
 
     def info(self) -> dict[str, Any]:
-        return {"model": self.model, "name": self.decoder.bundle.manifest.get("name", ""),
+        """The bundle (fingerprint, name) and what runs it: backend, device, threads."""
+        return {"fingerprint": self.fingerprint, "name": self.decoder.bundle.manifest.get("name", ""),
                 "backend": self.decoder.backend, "device": self.decoder.device,
                 "threads": self.decoder.threads if self.decoder.threads is not None else "default"}
 
@@ -358,7 +359,7 @@ class DecodeService:
         return b"".join(chunks)
 
     async def decode(self, request: Any) -> Any:
-        """``POST /v1/decode``: payload bytes -> JSON {labels, probs, top1, model}."""
+        """``POST /v1/decode``: payload bytes -> JSON {classes, names, probs, top1, top1_name, fingerprint}."""
         from starlette.requests import ClientDisconnect
         from starlette.responses import JSONResponse, Response
 
@@ -386,10 +387,15 @@ class DecodeService:
                 raise _Reject(400, "bad_payload", str(exc)) from exc
             except ServiceUnavailable as exc:
                 raise _Reject(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
+            except InferenceError as exc:
+                # the cause (runtime messages, file names) stays in the server log, not in the answer
+                log.error("the decoder graph failed: %s", exc)
+                raise _Reject(500, "inference_failed", f"the decoder graph failed on {self.decoder.backend} "
+                                                       f"({self.decoder.device}); the server log has the cause") from exc
             except EdgesplitError as exc:
                 log.error("decoding failed: %s", exc)
                 raise _Reject(500, "decoder_failed", f"the decoder failed: {exc}") from exc
-            return JSONResponse({**prediction.to_dict(), "model": self.model})
+            return JSONResponse({**prediction.to_dict(), "fingerprint": self.fingerprint})
         except _Reject as exc:
             status, error = exc.status, exc.kind
             return JSONResponse({"error": exc.kind, "detail": exc.detail}, status_code=exc.status,
@@ -418,7 +424,8 @@ class DecodeService:
             self.metrics.request_done(status, time.perf_counter() - start, error)
 
     def healthz(self) -> Any:
-        """``GET /healthz``: 200 with the model while serving, 503 while starting or draining."""
+        """``GET /healthz``: 200 with the bundle's fingerprint and backend while serving, 503 while starting or
+        draining."""
         from starlette.responses import JSONResponse
 
         ready = self.ready()

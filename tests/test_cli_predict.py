@@ -69,8 +69,8 @@ def test_split_bundle_goes_through_bytes(split_bundle: Path, images: Path,
         want = dec.decode(payload)
     row = out["rows"][0]
     assert row["payload_bytes"] == len(payload)
-    assert [t["id"] for t in row["top"]] == list(want.labels)
-    assert [t["name"] for t in row["top"]] == list(want.labels)  # no names in the bundle: ids shown
+    assert [t["id"] for t in row["top"]] == list(want.classes)
+    assert [t["name"] for t in row["top"]] == list(want.classes)  # no names in the bundle: ids shown
     assert [t["prob"] for t in row["top"]] == pytest.approx(list(want.probs))
 
 

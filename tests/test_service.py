@@ -41,7 +41,7 @@ def decoder(split_bundle: Path) -> ServerDecoder:
 
 
 def expected(decoder: ServerDecoder, payload: bytes) -> dict[str, object]:
-    return {**decoder.decode(payload).to_dict(), "model": decoder.fingerprint.hex()}
+    return {**decoder.decode(payload).to_dict(), "fingerprint": decoder.fingerprint.hex()}
 
 
 def same(got: dict[str, object], want: dict[str, object]) -> bool:
@@ -115,7 +115,8 @@ def test_decode_statuses(decoder: ServerDecoder, payloads: list[bytes], other_sp
 
         health = client.get("/healthz")
         assert health.status_code == 200
-        assert health.json()["model"] == decoder.fingerprint.hex() and health.json()["status"] == "ok"
+        assert health.json()["fingerprint"] == decoder.fingerprint.hex() and health.json()["status"] == "ok"
+        assert "model" not in health.json() and health.json()["labels"] == 3
 
         after = client.get("/metrics")
         assert after.headers["content-type"].startswith("text/plain")
@@ -130,9 +131,29 @@ def test_decode_statuses(decoder: ServerDecoder, payloads: list[bytes], other_sp
         assert metric(text, "edgesplit_errors_total", kind="too_large") == 2
         assert metric(text, "edgesplit_batch_size_count") >= 1
         assert metric(text, "edgesplit_request_duration_seconds_count") == 11
-        assert f'model="{decoder.fingerprint.hex()}"' in text
+        assert f'fingerprint="{decoder.fingerprint.hex()}"' in text
     # after the lifespan ended, the service says so instead of hanging
     assert app.state.batcher.running is False
+
+
+def test_a_failing_graph_is_a_500_without_its_cause(split_bundle: Path, payloads: list[bytes]) -> None:
+    """An InferenceError (the backend failed while running) answers 500 JSON naming the backend, not the runtime's
+    message or a traceback, and the service keeps serving."""
+    failing = ServerDecoder.open(split_bundle, threads=1)
+    run = failing.session._run  # type: ignore[attr-defined]
+
+    def broken(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("CUDA error 700 at /secret/build/path.cu")
+
+    failing.session._run = broken  # type: ignore[attr-defined]
+    with TestClient(create_app(failing)) as client:
+        r = client.post("/v1/decode", content=payloads[0])
+        assert r.status_code == 500 and r.json()["error"] == "inference_failed"
+        assert "onnxruntime" in r.json()["detail"] and "secret" not in r.text and "Traceback" not in r.text
+        failing.session._run = run  # type: ignore[attr-defined]
+        r = client.post("/v1/decode", content=payloads[0])
+        assert r.status_code == 200 and same(r.json(), expected(failing, payloads[0]))
+        assert metric(client.get("/metrics").text, "edgesplit_errors_total", kind="inference_failed") == 1
 
 
 def test_no_token_means_open(decoder: ServerDecoder, payloads: list[bytes]) -> None:
@@ -166,7 +187,7 @@ def test_a_bad_payload_fails_only_itself(decoder: ServerDecoder, payloads: list[
     assert isinstance(results[1], BitstreamError) and "zero byte" in str(results[1])
     for result, payload in ((results[0], payloads[3]), (results[2], payloads[4])):
         assert isinstance(result, Prediction)
-        assert same({**result.to_dict(), "model": decoder.fingerprint.hex()}, expected(decoder, payload))
+        assert same({**result.to_dict(), "fingerprint": decoder.fingerprint.hex()}, expected(decoder, payload))
     # and over HTTP: the same payload is a 400 with the codec's message
     with TestClient(create_app(decoder)) as client:
         r = client.post("/v1/decode", content=corrupt)
@@ -178,8 +199,8 @@ def test_metrics_render() -> None:
     m.request_done(200, 0.003, None)
     m.request_done(400, 0.5, "bad_payload")
     m.batch_done(3)
-    text = m.render({"model": 'a"b'}, queue_depth=2)
-    assert 'edgesplit_info{model="a\\"b"} 1' in text
+    text = m.render({"fingerprint": 'a"b'}, queue_depth=2)
+    assert 'edgesplit_info{fingerprint="a\\"b"} 1' in text
     assert metric(text, "edgesplit_batch_size_bucket", le="2") == 0
     assert metric(text, "edgesplit_batch_size_bucket", le="4") == 1
     assert metric(text, "edgesplit_request_duration_seconds_bucket", le="0.005") == 1
@@ -282,7 +303,7 @@ def test_ray_serve_deployment(split_bundle: Path, decoder: ServerDecoder, payloa
             assert same(r.json(), expected(decoder, body))
         assert httpx.post(f"{url}/v1/decode", content=b"junk" * 8, headers=auth, timeout=30).status_code == 400
         assert httpx.post(f"{url}/v1/decode", content=payloads[0], timeout=30).status_code == 401
-        assert httpx.get(f"{url}/healthz", timeout=30).json()["model"] == decoder.fingerprint.hex()
+        assert httpx.get(f"{url}/healthz", timeout=30).json()["fingerprint"] == decoder.fingerprint.hex()
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -679,11 +679,24 @@ def test_binary_bundle_runs_without_torch(binary_bundle: Any, binary_ckpt: Any) 
         np.testing.assert_allclose(np.array(out[backend]), want, rtol=0, atol=1e-4, err_msg=backend)
 
 
-def test_eval_cli_on_a_binary_bundle(binary_bundle: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_cli_on_a_binary_bundle(binary_bundle: Any, binary_ckpt: Any, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The bundle's top-1 is the torch model's: images filed under the class torch predicts score 1.0 on each
+    backend, and 0.0 filed under another class."""
+    from PIL import Image
+
     from .conftest import make_image_folder
 
-    data = make_image_folder(tmp_path / "data", per_class=2)
-    for backend in ("openvino", "onnxruntime"):
-        assert main(["eval", str(binary_bundle.path), "--data", str(data), "--backend", backend, "--json"]) == 0
-        result = json.loads(capsys.readouterr().out)
-        assert result["backend"] == backend and result["images"] == 6 and 0.0 <= result["top1"] <= 1.0
+    source = make_image_folder(tmp_path / "data", per_class=2)
+    paths = sorted(p for p in source.rglob("*") if p.is_file())
+    torch_says = _torch_logits(binary_ckpt[1], [np.asarray(Image.open(p).convert("RGB")) for p in paths]).argmax(1)
+    for shift, want in ((0, 1.0), (1, 0.0)):
+        data = tmp_path / f"filed{shift}"
+        for c in BINARY_LABELS:
+            (data / c).mkdir(parents=True)
+        for p, k in zip(paths, torch_says):
+            shutil.copy(p, data / BINARY_LABELS[(int(k) + shift) % 3] / f"{p.parent.name}_{p.name}")
+        for backend in ("openvino", "onnxruntime"):
+            assert main(["eval", str(binary_bundle.path), "--data", str(data), "--backend", backend, "--json"]) == 0
+            result = json.loads(capsys.readouterr().out)
+            assert result["backend"] == backend and result["images"] == 6 and result["top1"] == want, backend

@@ -38,6 +38,56 @@ def test_plan_merges_substitutes_and_chains_init(tmp_path: Path) -> None:
     assert unswept.runs[1].config.losses[0].weight == 0.5 and unswept.runs[1].out == tmp_path / "tune"
 
 
+def test_shared_stages_run_once_and_each_point_chains_from_the_last(tmp_path: Path) -> None:
+    recipe = {
+        **tiny_recipe(name="r_${w}"),
+        "vars": {"w": 0.5, "lr": 0.002},
+        "stages": [
+            {"name": "a", "shared": True},
+            {"name": "b", "shared": True, "epochs": 2},
+            {"name": "c", "optimizer": {"lr": "${lr}"}, "losses": [{"name": "kd"}, {"name": "ce", "weight": "${w}"}],
+             "teacher": "t.safetensors"},
+            {"name": "d", "init": "elsewhere.safetensors"},
+        ],
+    }
+    plan = plan_recipe(recipe, tmp_path, sweep=parse_sweep(["w=1,2"]))
+    assert [(r.stage, r.point) for r in plan.runs] == [("a", None), ("b", None), ("c", "w=1"), ("d", "w=1"),
+                                                        ("c", "w=2"), ("d", "w=2")]
+    a, b, c1, d1, c2, d2 = plan.runs
+    assert b.config.init == str(a.out / "model.safetensors") and b.config.epochs == 2 and a.config.epochs == 1
+    assert c1.config.init == c2.config.init == str(b.out / "model.safetensors")  # both points start from b
+    assert d1.config.init == d2.config.init == "elsewhere.safetensors"  # a stage's own init is kept
+    assert d1.config.epochs == 1  # stages merge over the top level, not over the stage before
+    # a list in a stage replaces the top level's; a whole-string ${var} keeps its type, inside a string it is text
+    assert [l.name for l in c1.config.losses] == ["kd", "ce"] and [l.name for l in d1.config.losses] == ["ce"]
+    assert c1.config.losses[1].weight == 1 and c2.config.losses[1].weight == 2 and c1.config.optimizer.lr == 0.002
+    assert c1.config.name == "r_1.w=1.c" and c2.config.name == "r_2.w=2.c"
+    assert c2.out == tmp_path / "w=2" / "c" and plan.points == ["w=1", "w=2"]
+    assert not any(r.done for r in plan.runs)
+    a.out.mkdir(parents=True)
+    (a.out / "metrics.json").write_text("{}")
+    assert not a.done  # finished means metrics and weights both written
+    (a.out / "model.safetensors").write_bytes(b"")
+    assert a.done and not b.done
+
+
+def test_plain_recipe_with_a_sweep_and_values_as_written(tmp_path: Path) -> None:
+    recipe = {**tiny_recipe(), "vars": {"w": 1.0}, "losses": [{"name": "ce", "weight": "${w}"}]}
+    plan = plan_recipe(recipe, tmp_path, sweep=parse_sweep(["w=1e-4, 3"]))
+    assert [r.out for r in plan.runs] == [tmp_path / "w=1e-4", tmp_path / "w=3"]
+    assert [r.config.losses[0].weight for r in plan.runs] == [pytest.approx(1e-4), 3]
+    assert [r.stage for r in plan.runs] == ["", ""] and plan.runs[0].config.init is None
+    assert plan_recipe(tiny_recipe(), tmp_path).runs[0].out == tmp_path
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_sweep(["w=1", "w=2"])
+    with pytest.raises(ConfigError, match="one variable at a time"):
+        parse_sweep(["w=1", "v=2"])
+    with pytest.raises(ConfigError, match="cannot name a run directory"):
+        plan_recipe(recipe, tmp_path, sweep=parse_sweep(["w=a/b"]))
+    with pytest.raises(ConfigError, match="vars: expected a mapping"):
+        plan_recipe({**recipe, "vars": [1]}, tmp_path)
+
+
 @pytest.mark.parametrize("change,match", [
     ({"stages": [{"name": "a"}, {"name": "a"}]}, "used twice"),
     ({"stages": [{"epochs": 1}]}, r"stages\[0\].name"),

@@ -33,7 +33,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("backbone", "student", "bottleneck", "loss", "exporter", "backend", "codec")
+KINDS: tuple[str, ...] = ("backbone", "student", "bottleneck", "loss", "exporter", "backend", "codec", "estimator")
 ENTRY_POINT_GROUP = "edgesplit.plugins"
 # torch-free modules of the core whose components register on import, like a plugin's
 _BUILTIN_MODULES: tuple[str, ...] = ("edgesplit.codec", "edgesplit.runtime.backends")

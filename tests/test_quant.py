@@ -15,7 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from edgesplit import registry  # noqa: E402
 from edgesplit.config import load_train_config  # noqa: E402
-from edgesplit.errors import ConfigError  # noqa: E402
+from edgesplit.errors import ConfigError, PluginError  # noqa: E402
 from edgesplit.binary_net import RPReLU as LoweredRPReLU  # noqa: E402
 from edgesplit.plugins.quant import (  # noqa: E402
     BinaryConv2d,
@@ -29,7 +29,7 @@ from edgesplit.plugins.quant import (  # noqa: E402
     storage_report,
     unpack_signs,
 )
-from edgesplit.plugins.quant.binary import binary_layers  # noqa: E402
+from edgesplit.plugins.quant.binary import BiPer, ReSTE, binary_layers  # noqa: E402
 from .runtime_fixtures import calibrated_binary  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,11 +89,24 @@ def test_biper_forward_and_gradient() -> None:
     assert torch.allclose(_grad_of(est, x), w0 * torch.cos(w0 * x), atol=1e-5)
 
 
+def test_estimators_are_registry_kind_estimator() -> None:
+    assert {"ste", "reste", "biper", "approx_sign", "real"} <= set(registry.available("estimator"))
+    est = registry.create("estimator", "reste", o_end=3.0)
+    assert type(est) is ReSTE and est.name == "reste"
+    assert type(create_estimator("biper", {"omega0": 4.0})) is BiPer
+    with pytest.raises(AttributeError, match="registry kind 'estimator'"):
+        import edgesplit.plugins.quant as quant
+
+        quant.ESTIMATORS  # noqa: B018
+
+
 def test_estimator_errors_name_the_problem() -> None:
-    with pytest.raises(ConfigError, match="unknown sign estimator 'nope'"):
+    with pytest.raises(PluginError, match="unknown estimator 'nope'.*known estimators: .*biper.*reste.*ste"):
         create_estimator("nope")
-    with pytest.raises(ConfigError, match="reste"):
+    with pytest.raises(PluginError, match="cannot build estimator 'reste' with parameters \\['omega0'\\]"):
         create_estimator("reste", {"omega0": 3})
+    with pytest.raises(PluginError, match="unknown estimator 'nope'"):
+        registry.create("student", "binary", num_classes=2, estimator="nope")
     with pytest.raises(ConfigError, match="learnable"):
         BinaryConv2d(4, 4, weight_estimator=create_estimator("biper"), scale="mean_abs")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from . import binary, export_hooks, qat  # noqa: F401  (register the binary and qat students, their export hooks)
 from .binary import (
-    ESTIMATORS,
     BinaryConv2d,
     BinaryResNet,
     BiRealBlock,
@@ -25,7 +24,6 @@ from .qat import LsqQuantizer, QConv2d, QLinear, quantize_model
 from .storage import checkpoint_bytes, mac_report, storage_report
 
 __all__ = [
-    "ESTIMATORS",
     "BinaryConv2d",
     "BinaryResNet",
     "BiRealBlock",
@@ -45,3 +43,9 @@ __all__ = [
     "storage_report",
     "unpack_signs",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "ESTIMATORS":
+        return getattr(binary, name)  # raises, naming registry kind 'estimator'
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

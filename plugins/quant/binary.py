@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesplit.errors import ConfigError
-from edgesplit.registry import register
+from edgesplit.errors import ConfigError, PluginError
+from edgesplit.registry import create, register
 from edgesplit.plugins.backbones import Backbone
 from edgesplit.plugins.backbones.resnet import build_resnet_body, resnet_channels
 
 __all__ = [
-    "ESTIMATORS",
     "SignEstimator",
     "ClippedSTE",
     "ApproxSign",
@@ -65,31 +64,32 @@ def unpack_signs(packed: torch.Tensor, shape: tuple[int, ...] | list[int]) -> to
 
 # -- estimators --------------------------------------------------------------------------------------------
 
-ESTIMATORS: dict[str, type["SignEstimator"]] = {}
 
-
-def register_estimator(name: str) -> Callable[[type["SignEstimator"]], type["SignEstimator"]]:
-    """Register a ``SignEstimator`` subclass under ``name`` (used by ``estimator:`` in student configs)."""
+def register_estimator(name: str, *, override: bool = False) -> Callable[[type["SignEstimator"]], type["SignEstimator"]]:
+    """Register a ``SignEstimator`` subclass as registry kind ``estimator`` (``estimator:`` in student configs)."""
 
     def decorator(cls: type[SignEstimator]) -> type[SignEstimator]:
-        if name in ESTIMATORS and ESTIMATORS[name] is not cls:
-            raise ConfigError(f"sign estimator {name!r} is already registered by {ESTIMATORS[name].__qualname__}")
-        ESTIMATORS[name] = cls
         cls.name = name
-        return cls
+        return register("estimator", name, override=override)(cls)
 
     return decorator
 
 
 def create_estimator(name: str, params: dict[str, Any] | None = None) -> "SignEstimator":
-    """Build the estimator registered as ``name``; unknown names and parameters are ``ConfigError``s."""
-    cls = ESTIMATORS.get(name)
-    if cls is None:
-        raise ConfigError(f"unknown sign estimator {name!r}; known: {', '.join(sorted(ESTIMATORS))}")
-    try:
-        return cls(**(params or {}))
-    except TypeError as exc:
-        raise ConfigError(f"sign estimator {name!r}: bad parameters {sorted(params or {})}: {exc}") from exc
+    """Build the estimator registered as ``name`` with ``create``; an unknown name or parameter is a
+    ``PluginError`` naming the known estimators or the parameters."""
+    estimator = create("estimator", name, **(params or {}))
+    if not isinstance(estimator, SignEstimator):
+        raise PluginError(f"estimator {name!r} built a {type(estimator).__name__}, not a SignEstimator; register "
+                          "SignEstimator subclasses with edgesplit.plugins.quant.register_estimator")
+    return estimator
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ESTIMATORS":
+        raise AttributeError("edgesplit.plugins.quant.binary.ESTIMATORS is gone: sign estimators are registry kind "
+                             "'estimator' (edgesplit.registry.available('estimator'), create('estimator', name))")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Surrogate(torch.autograd.Function):

@@ -155,12 +155,12 @@ def _split_part(bundle: Any, images: list[tuple[Path, str | None]], root: Path, 
             if teacher is not None:
                 jpeg_bytes, jpeg_q = _jpeg_bytes_for_same_answer(teacher, eval_crop(path, bundle.preprocess),
                                                                  bundle.preprocess)
-            correct = None if label is None else answer["labels"][0] == label
-            row = {"file": str(path.relative_to(root)), "label": label, "prediction": answer["labels"][0],
-                   "prediction_name": show(answer["labels"][0]), "label_name": None if label is None else show(label),
+            correct = None if label is None else answer["classes"][0] == label
+            row = {"file": str(path.relative_to(root)), "label": label, "prediction": answer["classes"][0],
+                   "prediction_name": show(answer["classes"][0]), "label_name": None if label is None else show(label),
                    "prob": float(answer["probs"][0]), "payload_bytes": len(payload), "jpeg_iso_bytes": jpeg_bytes,
                    "jpeg_quality": jpeg_q, "device_ms": round(device_ms, 2), "server_ms": round(server_ms, 2),
-                   "matches_in_process": list(answer["labels"]) == list(local.labels)
+                   "matches_in_process": list(answer["classes"]) == list(local.classes)
                    and bool(np.allclose(answer["probs"], local.probs, atol=1e-6)),
                    "correct": correct}
             rows.append(row)
@@ -203,7 +203,7 @@ def _full_part(bundle: Any, images: list[tuple[Path, str | None]], say: Any) -> 
             times.append((time.perf_counter() - t0) * 1e3)
             if label is not None:
                 labelled += 1
-                correct += int(pred.labels[0] == label)
+                correct += int(pred.classes[0] == label)
     full = {"bundle": str(bundle.path), "precision": precision,
             "accuracy": correct / labelled if labelled else None, "median_ms": float(np.median(times))}
     full_acc = "n/a" if full["accuracy"] is None else f"{full['accuracy'] * 100:.1f}%"

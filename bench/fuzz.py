@@ -104,12 +104,12 @@ class Tally:
 def fuzz_payloads(decoder: Any, payloads: list[bytes], rng: random.Random, deadline: float) -> dict[str, Any]:
     """Mutations of valid payloads: framing (CRC catches), re-framed coded bytes (valid CRC), header fields."""
     tally = Tally()
-    intact = {p: decoder.decode(p).labels[0] for p in payloads}
+    intact = {p: decoder.decode(p).classes[0] for p in payloads}
     frames = [decoder.unpack(p) for p in payloads]
 
     def answer(data: bytes, original: bytes | None) -> Callable[[], str]:
         def run() -> str:
-            top1 = decoder.decode(data).labels[0]
+            top1 = decoder.decode(data).classes[0]
             if original is None or data == original:
                 return "ok"
             return "undetected_same_answer" if top1 == intact[original] else "wrong_200"

@@ -54,8 +54,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def same_answer(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-5) -> bool:
-    """Same model, labels in the same order, probabilities equal up to float noise of batched graph calls."""
-    return (got.get("model") == want["model"] and got.get("labels") == want["labels"]
+    """Same bundle fingerprint, classes in the same order, probabilities equal up to float noise of batched graph
+    calls."""
+    return (got.get("fingerprint") == want["fingerprint"] and got.get("classes") == want["classes"]
             and got.get("top1") == want["top1"] and len(got.get("probs", [])) == len(want["probs"])
             and all(abs(a - b) <= tol for a, b in zip(got["probs"], want["probs"])))
 
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     decoder = ServerDecoder.open(encoder.bundle, backend=args.backend, threads=args.threads)
     images = load_images(args.data, args.images)
     payloads = encoder.encode_batch(images)
-    expected = [{**decoder.decode(pl).to_dict(), "model": decoder.fingerprint.hex()} for pl in payloads]
+    expected = [{**decoder.decode(pl).to_dict(), "fingerprint": decoder.fingerprint.hex()} for pl in payloads]
 
     log = Path(tempfile.mkdtemp(prefix="edgesplit-load-")) / "server.log"
     server: Any = (ServerProcess(args, free_port(), token, log) if args.server == "subprocess"

@@ -127,10 +127,12 @@ def register_cli(subparsers: Any) -> None:
     sp.add_argument("--backend", default=BACKENDS[0], help=f"{', '.join(BACKENDS)} (default {BACKENDS[0]})")
     sp.add_argument("--device", default="cpu", help="e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
     sp.add_argument("--threads", type=positive_int, help="intra-op threads of the backend (default: the runtime's)")
-    sp.add_argument("--top-k", type=positive_int, default=5, help="labels per answer")
+    sp.add_argument("--top-k", type=positive_int, default=5, help="classes per answer (default 5)")
     sp.add_argument("--max-batch", type=positive_int, default=16, help="payloads per decoder-graph call at most")
     sp.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a payload waits for others to batch with")
-    sp.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024, help="larger bodies get 413")
+    sp.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024,
+                    help="largest payload accepted, in bytes (the POST body is one payload; default 65536); "
+                         "larger gets 413")
     sp.add_argument("--max-header-bytes", type=positive_int, default=16 * 1024,
                     help="request line and headers at most (default 16384); larger gets 431")
     sp.add_argument("--read-timeout", type=_seconds, default=10.0,

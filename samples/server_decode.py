@@ -26,7 +26,7 @@ def main() -> None:
         except BitstreamError as exc:  # truncated, corrupted, or made for another bundle
             print(f"{path}: rejected: {exc}")
             continue
-        best = ", ".join(f"{label} {p:.2f}" for label, p in zip(prediction.labels, prediction.probs))
+        best = ", ".join(f"{label} {p:.2f}" for label, p in zip(prediction.classes, prediction.probs))
         print(f"{path}: {best}")
 
 

@@ -48,15 +48,15 @@ def test_server_decoder_and_http_answer_carry_names(named_split: Path, split_bun
     with DeviceEncoder.open(named_split) as enc, ServerDecoder.open(named_split, top_k=3) as dec:
         payload = enc.encode(image)
         pred = dec.decode(payload)
-        assert pred.names == tuple(NAMES[label] for label in pred.labels) and pred.top1_name == NAMES[pred.top1]
+        assert pred.names == tuple(NAMES[label] for label in pred.classes) and pred.top1_name == NAMES[pred.top1]
         with BackgroundServer(create_app(dec)) as server, httpx.Client(base_url=server.url) as client:
             body = client.post("/v1/decode", content=payload,
                                headers={"content-type": "application/octet-stream"}).json()
-    assert body["labels"] == list(pred.labels) and body["names"] == list(pred.names)
+    assert body["classes"] == list(pred.classes) and body["names"] == list(pred.names)
     assert body["top1_name"] == pred.top1_name
     with DeviceEncoder.open(split_bundle) as enc, ServerDecoder.open(split_bundle) as dec:  # no names: the ids
         old = dec.decode(enc.encode(image))
-    assert old.names == old.labels and old.to_dict()["top1_name"] == old.top1
+    assert old.names == old.classes and old.to_dict()["top1_name"] == old.top1
 
 
 def test_device_model_names(full_bundle: Path, tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_device_model_names(full_bundle: Path, tmp_path: Path) -> None:
     assert Bundle.open(named).label_names == DISPLAY and Bundle.open(full_bundle).label_names == LABELS
     with DeviceModel.open(named, top_k=2) as model:
         pred = model.predict(np.zeros((40, 40, 3), np.uint8))
-    assert pred.names == tuple(NAMES[label] for label in pred.labels)
+    assert pred.names == tuple(NAMES[label] for label in pred.classes)
 
 
 @pytest.mark.parametrize("names, where", [(["A", "B"], "2 names for 3 labels"), ("abc", "label_names"),

@@ -121,7 +121,7 @@ def test_a_plain_torch_teacher_from_a_plugin_becomes_a_served_split_student(exam
         payload = encoder.encode(image)
         prediction = decoder.decode(payload)
         crop = encoder.preprocess([image])
-    assert isinstance(payload, bytes) and prediction.labels[0] in labels
+    assert isinstance(payload, bytes) and prediction.classes[0] in labels
     with torch.no_grad():
         expected = student(to_input(crop, spec))[0].numpy()
     np.testing.assert_allclose(prediction.logits, expected, rtol=0, atol=1e-3)

@@ -1,6 +1,6 @@
 """Exporters: torch -> ONNX / OpenVINO IR / TensorRT plan, post-training quantization, parity checks, bundles.
 
-``export_checkpoint(checkpoint, out, formats=..., precision=...)`` is the entry point. Importing this package is
+``export_checkpoint(checkpoint, out, backends=..., precision=...)`` is the entry point. Importing this package is
 cheap (no torch): the implementation loads on first use, so ``edgesplit --help`` stays instant.
 """
 
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["export_checkpoint", "parse_formats", "report_table", "FORMATS", "PRECISIONS", "REPORT_FILE",
-           "TOLERANCES"]
+__all__ = ["export_checkpoint", "parse_backends", "parse_formats", "report_table", "BACKENDS", "FORMATS",
+           "PRECISIONS", "REPORT_FILE", "TOLERANCES"]
 
 if TYPE_CHECKING:
-    from ._exporter import FORMATS, PRECISIONS, REPORT_FILE, export_checkpoint, parse_formats, report_table
+    from ._exporter import (BACKENDS, FORMATS, PRECISIONS, REPORT_FILE, export_checkpoint, parse_backends,
+                            parse_formats, report_table)
     from ._parity import TOLERANCES
 
 

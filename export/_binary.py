@@ -10,45 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from edgesplit.binary_net import BUILDER, InputSpec, LoweredNet, save_net, weight_bytes
-from edgesplit.errors import ConfigError, ExportError
+from edgesplit.bundle import BundleWriter
 from edgesplit.preprocess import Preprocess
 
-__all__ = ["PRECISIONS", "OPENVINO_FILE", "BUILDER", "binary_layer_count", "check_exportable", "lowered",
-           "weight_bytes", "write_onnx", "write_openvino", "int8_note"]
+from ._plan import Artifacts, ExportPlan, Steps
 
-PRECISIONS = ("fp32",)
+__all__ = ["OPENVINO_FILE", "BUILDER", "weight_bytes", "write_onnx", "write_openvino", "int8_note", "onnx_stage",
+           "openvino_stage"]
+
 OPENVINO_FILE = "binary/model.npz"
-
-
-def binary_layer_count(model: nn.Module) -> int:
-    """How many 1-bit layers ``model`` has (0: not a binary student; export it like any other model)."""
-    from edgesplit.plugins.quant.binary import binary_layers
-
-    return len(binary_layers(model))
-
-
-def check_exportable(name: str, layers: int, precision: str, split: bool) -> None:
-    """Refuse what the binary path cannot export, before any slow step."""
-    if split:
-        raise ExportError(f"{name}: split students with binary layers are not exported yet ({layers} binary layers "
-                          "found); export a full binary student (student 'binary')")
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"{name}: a binary student ({layers} binary layers) exports with --precision fp32 only, meaning: binary "
-            "layers at 1 bit (OpenVINO BinaryConvolution; INT8 Q/DQ on onnxruntime/TensorRT), the stem, shortcuts "
-            f"and head in float32. --precision {precision} would requantize the float layers that feed the binary "
-            "thresholds (and int8 quantizers would break the FakeQuantize -> binary convolution pairs OpenVINO "
-            "fuses); export with --precision fp32")
-
-
-def lowered(model: nn.Module) -> LoweredNet:
-    """The student as the arrays every binary artifact is written from (BatchNorm folded; once per export)."""
-    from edgesplit.plugins.quant import lower
-
-    return lower(model)
 
 
 def write_onnx(net: LoweredNet, spec: Preprocess, path: Path) -> Any:
@@ -72,3 +43,22 @@ def int8_note() -> str:
     from .onnx_binary import INT8_NOTE
 
     return INT8_NOTE
+
+
+def onnx_stage(plan: ExportPlan, art: Artifacts, scratch: Path) -> None:
+    """The fp32 ONNX graph, built from the lowered arrays rather than traced: binary layers become INT8 Q/DQ."""
+    art.parts, art.inputs = ["model"], {"model": "image"}
+    art.fp32_path = {"model": scratch / "model.fp32.onnx"}
+    art.fp32_model = {"model": write_onnx(plan.binary_net, plan.spec, art.fp32_path["model"])}
+
+
+def openvino_stage(plan: ExportPlan, art: Artifacts, writer: BundleWriter, steps: Steps) -> None:
+    """The packed file the runtime builds OpenVINO's BinaryConvolution graph from."""
+    from ._report import size_text
+
+    with steps.step("openvino binary"):
+        art.files["model"]["openvino"] = write_openvino(plan.binary_net, plan.spec, writer.path(OPENVINO_FILE))
+    weights = weight_bytes(plan.binary_net)
+    steps.say(f"OpenVINO: {OPENVINO_FILE} ({size_text(weights['packed'])} of packed sign bits for "
+              f"{plan.binary_layers} binary layers, {size_text(weights['fp32'])} as float32), built into a "
+              "BinaryConvolution graph at load time")

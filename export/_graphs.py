@@ -20,7 +20,7 @@ from edgesplit.errors import ExportError
 from edgesplit.interfaces import EntropyCodec, Exportable, SplitModel
 from edgesplit.preprocess import Preprocess
 
-from .qdq import ONNX_TRANSLATIONS
+from .qdq import onnx_translations
 
 __all__ = ["OPSET", "MAX_BATCH", "GraphSpec", "graph_specs", "export_onnx", "exact_nodes", "io_spec",
            "has_own_qdq", "is_split", "split_codec"]
@@ -180,7 +180,7 @@ def export_onnx(g: GraphSpec, path: Path, *, opset: int = OPSET) -> Any:
             program = torch.onnx.export(
                 g.module, (g.example,), input_names=[g.input_name], output_names=[g.output_name],
                 dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, optimize=True, verbose=False,
-                custom_translation_table=dict(ONNX_TRANSLATIONS),
+                custom_translation_table=onnx_translations(),
             )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "cannot export"
         log.debug("torch.onnx.export output:\n%s", chatter.getvalue())

@@ -1,4 +1,5 @@
-"""ONNX Runtime at export time: sessions for parity and latency, and INT8 post-training quantization (QDQ)."""
+"""ONNX Runtime at export time: INT8 post-training quantization (QDQ). Parity runs through the runtime's own
+session (``edgesplit.runtime.backends``), the code a device runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from edgesplit.errors import BackendUnavailable, ExportError
 
-__all__ = ["OrtRunner", "quantize_qdq", "QUANTIZED_OPS"]
+__all__ = ["quantize_qdq", "QUANTIZED_OPS"]
 
 log = logging.getLogger(__name__)
 
@@ -25,34 +26,6 @@ def _ort() -> Any:
     except ImportError as exc:
         raise BackendUnavailable(f"onnxruntime is not installed; pip install edgesplit[export] ({exc})") from exc
     return ort
-
-
-class OrtRunner:
-    """An onnxruntime CPU session: ``run({name: array}) -> {name: array}``."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        ort = _ort()
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ExportError(f"{path.name}: onnxruntime cannot load the exported graph: {exc}") from exc
-        self.path = path
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        try:
-            outs = self.session.run(names, inputs)
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"{self.path.name}: onnxruntime failed on inputs "
-                              f"{ {k: v.shape for k, v in inputs.items()} }: {exc}") from exc
-        return dict(zip(names, outs))
 
 
 class _DropAdvice(logging.Filter):

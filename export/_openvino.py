@@ -1,5 +1,5 @@
-"""OpenVINO at export time: ONNX -> IR (fp32, fp16-compressed weights, or INT8 through NNCF), and CPU sessions
-for parity and latency."""
+"""OpenVINO at export time: ONNX -> IR (fp32, fp16-compressed weights, or INT8 through NNCF). Parity runs through
+the runtime's own session (``edgesplit.runtime.backends``) with the options the manifest records."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ import contextlib
 import io
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from edgesplit.errors import BackendUnavailable, ExportError
 
-__all__ = ["OvRunner", "convert", "quantize_int8", "exact_ops", "INFERENCE_PRECISION"]
+if TYPE_CHECKING:
+    from edgesplit.bundle import BundleWriter
+
+    from ._plan import Artifacts, ExportPlan, Steps
+
+__all__ = ["convert", "save", "quantize_int8", "exact_ops", "INFERENCE_PRECISION", "ir_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +108,23 @@ def quantize_int8(model: Any, items: Sequence[np.ndarray], input_name: str, igno
         log.debug("nncf output:\n%s", chatter.getvalue())
 
 
-class OvRunner:
-    """A compiled OpenVINO CPU model: ``run({name: array}) -> {name: array}``."""
+def ir_stage(plan: ExportPlan, art: Artifacts, writer: BundleWriter, steps: Steps) -> None:
+    """OpenVINO IR per part from the fp32 ONNX (a binary student's OpenVINO part is ``_binary.openvino_stage``)."""
+    own_qdq = art.own_qdq
+    with steps.step(f"openvino {plan.precision}"):
+        for part in art.parts:
+            ov_model = convert(art.fp32_path[part])
+            if plan.precision == "int8" and not own_qdq:
+                data = art.part_inputs(part)
+                items = [data[i:i + 1] for i in range(len(data))]
+                ov_model = quantize_int8(ov_model, items, art.inputs[part], exact_ops(ov_model, part))
+            save(ov_model, writer.path(f"openvino/{part}.xml"), compress_to_fp16=plan.precision == "fp16")
+            art.files[part]["openvino"] = {"model": f"openvino/{part}.xml", "weights": f"openvino/{part}.bin"}
+    detail = {"fp32": "fp32", "fp16": "fp16-compressed weights",
+              "int8": "int8 from the model's own Q/DQ" if own_qdq else "int8, NNCF"}[plan.precision]
+    steps.say(f"OpenVINO IR: {', '.join(f'openvino/{p}.xml' for p in art.parts)} ({detail})")
 
-    backend = "openvino"
 
-    def __init__(self, xml_path: Path, threads: int | None = None) -> None:
-        ov = _ov()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = ov.Core().compile_model(str(xml_path), "CPU", config)
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"{xml_path.name}: OpenVINO cannot compile the IR on CPU: {exc}") from exc
-        self.request = self.compiled.create_infer_request()
-        self.path = xml_path
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            result = self.request.infer(inputs)
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"{self.path.name}: OpenVINO failed on inputs "
-                              f"{ {k: v.shape for k, v in inputs.items()} }: {exc}") from exc
-        return {out.get_any_name(): np.array(result[out]) for out in self.compiled.outputs}
+def runtime_options() -> dict[str, Any]:
+    """The compile options a bundle records under ``runtime.openvino`` (and the runtime applies)."""
+    return {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION}

@@ -6,9 +6,11 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import numpy as np
+
+from edgesplit.interfaces import BackendSession
 
 __all__ = ["MATCH_ATOL", "TOLERANCES", "Reference", "measure", "failed_checks", "logits_scale", "median_latency_ms"]
 
@@ -35,10 +37,6 @@ TOLERANCES: dict[str, dict[str, float]] = {
 }
 
 
-class Runner(Protocol):
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
 @dataclass
 class Reference:
     """torch fp32 outputs on the calibration images: logits (N, K), and for split models the symbols."""
@@ -60,8 +58,8 @@ def _chunks(n: int) -> list[slice]:
     return [slice(0, 1)] + [slice(i, min(i + 3, n)) for i in range(0, n, 3)]
 
 
-def measure(runners: Mapping[str, Runner], ref: Reference) -> dict[str, Any]:
-    """Parity figures of one backend's parts against ``ref``."""
+def measure(runners: Mapping[str, BackendSession], ref: Reference) -> dict[str, Any]:
+    """Parity figures of one backend's parts (its sessions, by part) against ``ref``."""
     n = len(ref.images)
     chunks = _chunks(n)
     split = "encoder" in runners and ref.symbols is not None
@@ -131,7 +129,7 @@ def failed_checks(precision: str, figures: Mapping[str, Any], tolerances: Mappin
     return out
 
 
-def median_latency_ms(runner: Runner, inputs: dict[str, np.ndarray], *, warmup: int = 2, runs: int = 20,
+def median_latency_ms(runner: BackendSession, inputs: dict[str, np.ndarray], *, warmup: int = 2, runs: int = 20,
                       budget_s: float = 1.0) -> float:
     """Median wall time of ``runner.run(inputs)`` in milliseconds (at most ``runs`` runs, about ``budget_s``)."""
     for _ in range(warmup):

@@ -11,7 +11,9 @@ import sys
 import threading
 from typing import Any, Iterator
 
-__all__ = ["register_cli"]
+__all__ = ["register_cli", "DEFAULT_BACKENDS"]
+
+DEFAULT_BACKENDS = "onnxruntime,openvino"
 
 
 def _names(path: str | None) -> dict[str, str] | None:
@@ -39,12 +41,28 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _backends(args: argparse.Namespace) -> str:
+    """``--backend``, or the deprecated ``--format`` (its values mapped to backend names, with one notice)."""
+    if args.format is None:
+        return args.backend or DEFAULT_BACKENDS
+    if args.backend is not None:
+        from edgesplit.errors import ConfigError
+
+        raise ConfigError("edgesplit export: give --backend only (--format is its deprecated name)")
+    from . import parse_backends
+
+    backends = ",".join(parse_backends(args.format))
+    print(f"edgesplit export: --format is deprecated; use --backend {backends}", file=sys.stderr)
+    return backends
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from . import REPORT_FILE, export_checkpoint, report_table
 
+    backends = _backends(args)
     with _sigterm_as_interrupt():
         bundle = export_checkpoint(
-            args.checkpoint, args.out, formats=args.format, precision=args.precision, calib=args.calib,
+            args.checkpoint, args.out, backends=backends, precision=args.precision, calib=args.calib,
             calib_images=args.calib_images, verify=not args.no_verify, overwrite=args.overwrite,
             progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True), name=args.name,
             threads=args.threads, label_names=_names(args.label_names),
@@ -83,14 +101,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--resize-candidates", help="comma-separated evaluation resizes to choose from on training images")
     sp.set_defaults(func=_cmd_publish)
     sp = subparsers.add_parser(
-        "export", help="export a checkpoint to a bundle (ONNX, OpenVINO IR, TensorRT plan) and check its parity",
+        "export", help="export a checkpoint to a bundle for runtime backends (onnxruntime, openvino, tensorrt) and check "
+             "its parity",
         description="Export a checkpoint (full model or split student) to a deployment bundle, check each graph "
-                    "against torch on calibration images (batch 1 and 3), and print a table of sizes, parity and "
-                    "batch-1 latency on this CPU.",
+                    "against torch on calibration images (batch 1 and 3) through the runtime's own sessions, and print a "
+                    "table of sizes, parity and batch-1 latency on this CPU.",
     )
     sp.add_argument("checkpoint", help="checkpoint (.safetensors) written by edgesplit train")
-    sp.add_argument("--format", default="onnx,openvino",
-                    help="comma-separated: onnx, openvino, tensorrt (default: onnx,openvino)")
+    sp.add_argument("--backend", metavar="NAMES",
+                    help="comma-separated runtime backends to export for, the names eval and serve take: "
+                         f"onnxruntime, openvino, tensorrt (default: {DEFAULT_BACKENDS})")
+    sp.add_argument("--format", help=argparse.SUPPRESS)  # deprecated name of --backend (values onnx, openvino, ...)
     sp.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                     help="fp32 (default), fp16, or int8 (post-training quantization on --calib images)")
     sp.add_argument("--calib", help="ImageFolder directory of calibration/parity images (default: synthetic images)")

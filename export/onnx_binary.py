@@ -17,8 +17,8 @@ from torch import nn
 
 from edgesplit.binary_net import BinaryUnit, LoweredNet, RealConv, RPReLU
 from edgesplit.errors import BackendUnavailable, ExportError
-from edgesplit.plugins.quant import lower
 from edgesplit.preprocess import Preprocess
+from edgesplit.registry import create
 
 
 __all__ = ["INT8_NOTE", "export_binary_onnx"]
@@ -117,7 +117,7 @@ def export_binary_onnx(model: nn.Module | LoweredNet, path: str | Path, *, opset
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as exc:
         raise BackendUnavailable("ONNX export needs onnx; install it with: pip install 'edgesplit[export]'") from exc
-    net = model if isinstance(model, LoweredNet) else lower(model)
+    net = model if isinstance(model, LoweredNet) else create("exporter", "binary").lower(model)
     g = _Graph(helper, numpy_helper)
     if image is None:
         x = "input"

@@ -4,7 +4,7 @@
 The graph emitter, and why it emits ``FakeQuantize(0/1) -> +-1 Convolution`` pairs with channels padded to multiples
 of 8 (OpenVINO 2026.4 CPU pitfalls), live in the torch-free ``edgesplit.runtime.binary_graph``, which also rebuilds
 the graph from a bundle's packed ``binary/model.npz`` at load time. This module builds it from a torch
-``BinaryResNet`` (lowered to arrays by ``edgesplit.plugins.quant.lower``).
+``BinaryResNet`` (lowered to arrays by the quant plugin's ``binary`` exporter hook).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from edgesplit.errors import ExportError
-from edgesplit.plugins.quant import lower
+from edgesplit.registry import create
 from edgesplit.runtime.binary_graph import binary_layer_types, import_openvino, openvino_model
 
 __all__ = ["build_openvino_model", "compile_model", "binary_layer_types", "time_compiled"]
@@ -35,7 +35,7 @@ def build_openvino_model(model: nn.Module, input_shape: tuple[int, int, int, int
     """
     if len(input_shape) != 4:
         raise ExportError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
-    return openvino_model(lower(model), tuple(int(s) for s in input_shape), binary=binary)  # type: ignore[arg-type]
+    return openvino_model(create("exporter", "binary").lower(model), tuple(int(s) for s in input_shape), binary=binary)  # type: ignore[arg-type]
 
 
 def compile_model(ov_model: Any, device: str = "CPU", config: dict[str, Any] | None = None) -> Any:

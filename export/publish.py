@@ -42,21 +42,11 @@ def _select_resize(model: torch.nn.Module, data: str, size: int, candidates: lis
             "images": len(pick)}
 
 
-def _keeps_float32(model: torch.nn.Module, info: dict[str, Any]) -> bool:
-    # Binary students store their 1-bit layers packed; the few float tensors left (stem, shortcuts, BatchNorm,
-    # thresholds, classifier: ~3% of the parameters) stay float32, since fp16 thresholds flip activations' signs
-    # (measured: -0.8 points for the STE student in fp16). QAT students stay float32 too: fp16 latent weights and
-    # step sizes move weights across rounding boundaries of the learned grid (measured: INT4 80.15% -> 79.30%).
-    from edgesplit.plugins.quant.binary import binary_layers
-
-    return bool(binary_layers(model)) or info["model"].get("name") == "qat"
-
-
 def publish(run: str | Path, name: str, data: str, *, dest: str | Path = "samples/weights",
             result: str | Path | None = None, resize_candidates: list[int] | None = None,
             earlier_stages: list[Path] | None = None) -> dict[str, Any]:
     """Publish one run directory (``model.safetensors``, ``config.yaml``, ``log.jsonl``) as ``dest/NAME.*``."""
-    from edgesplit.plugins.backbones import count_macs
+    from edgesplit.registry import create
     from edgesplit.train import load, save_checkpoint
     from edgesplit.train.evaluate import evaluate_checkpoint
 
@@ -67,6 +57,7 @@ def publish(run: str | Path, name: str, data: str, *, dest: str | Path = "sample
     dest.mkdir(parents=True, exist_ok=True)
     model = load(run / "model.safetensors")
     info = model.edgesplit_info
+    hook = create("exporter", "publish")  # the quant plugin's: MACs, and which students keep float32 weights
     target = dest / f"{name}.safetensors"
     extra = {k: v for k, v in info.items() if k not in ("format", "model", "labels", "preprocess")}
     selection = None
@@ -79,7 +70,7 @@ def publish(run: str | Path, name: str, data: str, *, dest: str | Path = "sample
         # students name their teacher relative to their own file, so published weights load from anywhere
         teacher = Path(recipe["params"]["teacher"]).resolve()
         recipe["params"] = {**recipe["params"], "teacher": os.path.relpath(teacher, dest.resolve())}
-    dtype = None if _keeps_float32(model, info) else torch.float16
+    dtype = None if hook.keeps_float32(model, info) else torch.float16
     save_checkpoint(model, target, model_config=recipe, labels=info["labels"], preprocess=info["preprocess"],
                     extra=extra, dtype=dtype)
     shutil.copyfile(run / "config.yaml", dest / f"{name}.yaml")
@@ -95,7 +86,7 @@ def publish(run: str | Path, name: str, data: str, *, dest: str | Path = "sample
         "log": str(dest / f"{name}.log.jsonl"), "model": info["model"], "top1": ev["top1"],
         "val_images": ev["images"], "top1_fp32_run": metrics.get("val_top1"),
         "params": sum(p.numel() for p in model.parameters()),
-        "macs": count_macs(model, torch.zeros(1, 3, size, size)), "input_size": size,
+        "macs": hook.macs(model, size), "input_size": size,
         "train_time_s": metrics.get("train_time_s"), "epochs": metrics.get("epochs"),
         "file_bytes": target.stat().st_size, "dtype": "float32" if dtype is None else "float16",
         "split": metrics.get("split"),

@@ -1,25 +1,26 @@
-"""The ONNX translation of ``edgesplit::fake_quant`` (``edgesplit.plugins.quant.qdq``): QuantizeLinear +
-DequantizeLinear with the op's scale and a zero point of 0, so a QAT student's own scales survive export."""
+"""The QAT students' own quantizers at export: ``fake_quant`` (``edgesplit::fake_quant``) and its ONNX translation
+(QuantizeLinear + DequantizeLinear with the op's scale, zero point 0), from the quant plugin's ``qdq`` exporter hook,
+so a QAT student's own scales survive export."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
+from edgesplit.registry import create
 
-from edgesplit.plugins.quant.qdq import INT8_RANGES, fake_quant
-
-__all__ = ["fake_quant", "ONNX_TRANSLATIONS", "INT8_RANGES"]
+__all__ = ["fake_quant", "ONNX_TRANSLATIONS", "INT8_RANGES", "onnx_translations"]
 
 
-def _onnx_fake_quant(x: Any, scale: Any, axis: int, qmin: int, qmax: int) -> Any:
-    import onnx
-    from onnxscript import opset18 as op
-
-    to = onnx.TensorProto.UINT8 if qmin == 0 else onnx.TensorProto.INT8
-    zero = op.Cast(op.Mul(scale, 0.0), to=to)
-    q = op.QuantizeLinear(x, scale, zero, axis=axis)
-    return op.DequantizeLinear(q, scale, zero, axis=axis)
+def onnx_translations() -> dict[Any, Any]:
+    """The custom translation table ``torch.onnx.export`` needs for the registered quantizer ops."""
+    return dict(create("exporter", "qdq").onnx_translations())
 
 
-ONNX_TRANSLATIONS: dict[Any, Any] = {torch.ops.edgesplit.fake_quant.default: _onnx_fake_quant}
+def __getattr__(name: str) -> Any:
+    if name == "fake_quant":
+        return create("exporter", "qdq").fake_quant
+    if name == "INT8_RANGES":
+        return create("exporter", "qdq").int8_ranges
+    if name == "ONNX_TRANSLATIONS":
+        return onnx_translations()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """ONNX -> TensorRT plan (TensorRT 11: strongly typed network, explicit Q/DQ, no builder precision flags), and a
-check of ONNX graphs against the operators TensorRT's ONNX parser supports, which needs no TensorRT.
+check of ONNX graphs against the operators TensorRT's ONNX parser supports, which needs no TensorRT. Parity runs the
+plans through the runtime's own TensorRT session.
 """
 
 from __future__ import annotations
@@ -9,9 +10,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from edgesplit.errors import BackendUnavailable, ExportError
+
+if TYPE_CHECKING:
+    from edgesplit.bundle import BundleWriter
+
+    from ._plan import Artifacts, ExportPlan, Steps
 
 __all__ = [
     "TENSORRT_ONNX_OPS",
@@ -22,7 +28,8 @@ __all__ = [
     "check_tensorrt_ops",
     "build_plan",
     "gpu_name",
-    "PlanRunner",
+    "check_stage",
+    "plan_stage",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,7 +57,7 @@ Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 BATCH_PROFILE: tuple[int, int, int] = (1, 8, 32)
 
 _INSTALL_HINT = ("TensorRT is not installed (import tensorrt failed); pip install edgesplit[tensorrt] on a machine "
-                 "with an NVIDIA GPU, or export without --format tensorrt")
+                 "with an NVIDIA GPU, or export without --backend tensorrt")
 
 
 def import_tensorrt() -> Any:
@@ -138,7 +145,7 @@ def check_tensorrt_ops(graphs: Mapping[str, Any]) -> None:
     if problems:
         detail = "; ".join(f"{part}: {', '.join(ops)}" for part, ops in problems.items())
         raise ExportError(f"TensorRT's ONNX parser does not support these operators ({detail}); export without "
-                          "--format tensorrt, or change the model so that it avoids them")
+                          "--backend tensorrt, or change the model so that it avoids them")
 
 
 @dataclass(frozen=True)
@@ -212,47 +219,45 @@ def build_plan(onnx_path: Path, plan_path: Path, *, input_name: str, input_shape
     return PlanInfo(tensorrt=str(trt.__version__), gpu=gpu_name(), batch=tuple(batch))  # type: ignore[arg-type]
 
 
-class PlanRunner:
-    """A deserialized plan on GPU 0, fed through torch's CUDA tensors (export-time parity and latency; needs a CUDA
-    build of torch): ``run({name: array}) -> {name: array}``."""
+def _source(plan: ExportPlan, art: Artifacts, writer: BundleWriter, part: str) -> Path:
+    """The graph TensorRT builds from, or would build from (onnxruntime's int8 graph has uint8 activations)."""
+    if part in art.trt_onnx:
+        return writer.path(art.trt_onnx[part])
+    if part in art.ort_onnx and (plan.precision != "int8" or art.own_qdq):
+        return writer.path(art.ort_onnx[part])
+    return art.fp32_path[part]
 
-    backend = "tensorrt"
 
-    def __init__(self, plan_path: Path) -> None:
-        import torch
+def check_stage(plan: ExportPlan, art: Artifacts, writer: BundleWriter, steps: Steps) -> None:
+    """Operator support of every part (recorded for any export; no TensorRT needed), then, when TensorRT is a
+    target, its availability: both before the slow steps."""
+    import onnx
 
-        self.trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("running a TensorRT plan at export time needs a CUDA build of torch and a GPU")
-        runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
-        if self.engine is None:
-            raise ExportError(f"{plan_path.name}: TensorRT cannot deserialize the plan it just built")
-        self.context = self.engine.create_execution_context()
-        self.path = plan_path
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.OUTPUT]
+    models = {p: onnx.load(str(_source(plan, art, writer, p))) for p in art.parts}
+    art.trt_unsupported = {p: unsupported_ops(m) for p, m in models.items()}
+    if plan.wants("tensorrt"):
+        check_tensorrt_ops(models)
+        import_tensorrt()
+        steps.say("TensorRT: every ONNX operator is supported by its parser")
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        import numpy as np
-        import torch
 
-        trt = self.trt
-        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.INT32: torch.int32,
-                  trt.DataType.HALF: torch.float16, trt.DataType.UINT8: torch.uint8}
-        keep = []
-        for name, arr in inputs.items():
-            t = torch.from_numpy(np.ascontiguousarray(arr)).cuda()
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        outs = {}
-        for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outs[name] = torch.empty(shape, dtype=dtypes[self.engine.get_tensor_dtype(name)], device="cuda")
-            self.context.set_tensor_address(name, outs[name].data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ExportError(f"{self.path.name}: TensorRT execution failed")
-        stream.synchronize()
-        return {name: t.cpu().numpy() for name, t in outs.items()}
+def plan_stage(plan: ExportPlan, art: Artifacts, writer: BundleWriter, steps: Steps) -> None:
+    """One plan per part, with the timing cache of an earlier export of the same bundle reused."""
+    from ._graphs import io_spec
+
+    if not plan.wants("tensorrt"):
+        return
+    with steps.step("tensorrt"):
+        cache = writer.path("tensorrt/timing.cache")
+        previous = plan.dest / "tensorrt" / "timing.cache"
+        for part in art.parts:
+            in_shape = tuple(io_spec(art.fp32_model[part])["inputs"][art.inputs[part]]["shape"])
+            info = build_plan(
+                writer.path(art.trt_onnx[part]), writer.path(f"tensorrt/{part}.plan"), input_name=art.inputs[part],
+                input_shape=in_shape, timing_cache=cache,
+                previous_cache=cache if cache.is_file() else (previous if previous.is_file() else None))
+            art.files[part]["tensorrt"] = {"model": f"tensorrt/{part}.plan", "onnx": art.trt_onnx[part]}
+        art.trt_info = {"version": info.tensorrt, "gpu": info.gpu, "batch": dict(zip(("min", "opt", "max"), info.batch)),
+                        "timing_cache": "tensorrt/timing.cache"}
+    steps.say(f"TensorRT {art.trt_info['version']} plans for {art.trt_info['gpu']}: "
+              f"{', '.join(f'tensorrt/{p}.plan' for p in art.parts)}")

@@ -30,7 +30,7 @@ from edgesplit import registry  # noqa: E402
 from edgesplit.bundle import MANIFEST, Bundle  # noqa: E402
 from edgesplit.cli import main  # noqa: E402
 from edgesplit.errors import BackendUnavailable, BundleError, ConfigError, ExportError  # noqa: E402
-from edgesplit.export import REPORT_FILE, export_checkpoint, parse_formats  # noqa: E402
+from edgesplit.export import REPORT_FILE, export_checkpoint, parse_backends, parse_formats  # noqa: E402
 from edgesplit.export import tensorrt as trt_export  # noqa: E402
 from edgesplit.plugins.backbones.resnet import resnet18  # noqa: E402
 from edgesplit.preprocess import Preprocess  # noqa: E402
@@ -268,11 +268,12 @@ def test_tampered_bundle_is_refused(fp32_bundle: Bundle, tmp_path: Path, case: s
 # -- fp16 through the CLI ------------------------------------------------------------------------------------------
 def test_cli_exports_fp16(ckpt: Path, torch_model: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tiny-fp16"
-    rc = main(["export", str(ckpt), "--format", "onnx,openvino", "--precision", "fp16", "--out", str(out),
+    rc = main(["export", str(ckpt), "--backend", "onnxruntime,openvino", "--precision", "fp16", "--out", str(out),
                "--calib-images", "6", "--threads", "1"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "format" in captured.out and "latency b1" in captured.out and "model.onnx" in captured.out
+    assert captured.out.startswith("backend ") and "latency b1" in captured.out and "model.onnx" in captured.out
+    assert "deprecated" not in captured.err
     assert "parity onnxruntime" in captured.err  # progress lines
     bundle = Bundle.open(out)
     assert bundle.manifest["precision"] == "fp16"
@@ -389,7 +390,9 @@ def test_existing_bundle_is_not_replaced_without_overwrite(fp32_bundle: Bundle, 
 def test_bad_arguments_are_config_errors(ckpt: Path, tmp_path: Path) -> None:
     assert parse_formats("onnx,openvino,tensorrt") == ["onnxruntime", "openvino", "tensorrt"]
     assert parse_formats(["openvino", "onnxruntime"]) == ["onnxruntime", "openvino"]
-    with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
+    assert parse_backends("onnxruntime, tensorrt") == ["onnxruntime", "tensorrt"]  # the runtime's names
+    with pytest.raises(ConfigError, match="unknown export backend 'tflite'; choose from onnxruntime, openvino, "
+                                          "tensorrt"):
         parse_formats("onnx,tflite")
     with pytest.raises(ConfigError, match="unknown precision 'int4'"):
         export_checkpoint(ckpt, tmp_path / "x", precision="int4")

@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .registry import KINDS, available, broken_plugins
+    from .registry import KINDS, available, broken_plugins, unavailable_plugins
 
     for kind in KINDS:
         names = available(kind)
@@ -26,6 +26,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     broken = broken_plugins()
     for b in broken:
         print(f"BROKEN plugin {b.name!r} ({b.value}, from {b.distribution}): {b.error}")
+    for u in unavailable_plugins():  # a missing optional dependency, not a failure: --strict ignores it
+        print(f"unavailable plugin {u.name!r} ({u.value}, from {u.distribution}): {u.hint}")
     return 1 if broken and args.strict else 0
 
 

@@ -2,13 +2,15 @@
 
 Components register with ``@register(kind, name)`` and are built with ``create(kind, name, **params)``.
 Entry points are listed without importing them; they are imported on the first lookup that needs them,
-and a plugin that fails to import is recorded (name, distribution, cause) without hiding the others.
+and a plugin that fails to import is recorded (name, distribution, cause) without hiding the others. A plugin that
+declares what it needs (``requires("torch", extra="train")``) and lacks it is *unavailable*, with an install hint.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import logging
 import threading
 from contextlib import contextmanager
@@ -22,12 +24,15 @@ __all__ = [
     "KINDS",
     "ENTRY_POINT_GROUP",
     "BrokenPlugin",
+    "UnavailablePlugin",
     "register",
     "create",
     "get",
     "available",
     "broken_plugins",
+    "unavailable_plugins",
     "load_plugins",
+    "requires",
     "isolated",
 ]
 
@@ -51,10 +56,39 @@ class BrokenPlugin:
     error: str
 
 
+@dataclass(frozen=True)
+class UnavailablePlugin:
+    """A plugin entry point whose declared dependency is not installed (e.g. torch on a device)."""
+
+    name: str
+    value: str
+    distribution: str
+    hint: str  # "needs torch (pip install edgesplit[train])"
+
+
+class _MissingDependency(PluginError, ModuleNotFoundError):
+    """Raised by ``requires`` while a plugin module imports; discovery records the plugin as unavailable. Also a
+    ``ModuleNotFoundError`` naming the package, so callers that catch the import failure keep working."""
+
+    def __init__(self, package: str, hint: str) -> None:
+        super().__init__(f"{package}: {hint}")
+        self.name = package
+        self.hint = hint
+
+
+def requires(package: str, *, extra: str, distribution: str = "edgesplit") -> None:
+    """Declare, first thing in a plugin module, a package it cannot import without: if ``package`` is not
+    installed, the import stops with a ``PluginError`` saying ``pip install distribution[extra]``, and discovery
+    lists the plugin as unavailable instead of broken."""
+    if importlib.util.find_spec(package) is None:
+        raise _MissingDependency(package, f"needs {package} (pip install {distribution}[{extra}])")
+
+
 _lock = threading.RLock()
 _components: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 _origins: dict[tuple[str, str], str] = {}
 _broken: list[BrokenPlugin] = []
+_unavailable: list[UnavailablePlugin] = []
 _loaded_entry_points: set[str] = set()
 _discovered = False
 
@@ -115,6 +149,9 @@ def load_plugins(*, force: bool = False) -> list[BrokenPlugin]:
                 obj = ep.load()
                 if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "__path__"):
                     obj()  # an entry point may name a setup function instead of a module
+            except _MissingDependency as exc:
+                _unavailable.append(UnavailablePlugin(ep.name, ep.value, dist, exc.hint))
+                log.debug("edgesplit plugin %r is unavailable: it %s", ep.name, exc.hint)
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
                 broken = BrokenPlugin(ep.name, ep.value, dist, f"{type(exc).__name__}: {exc}")
                 _broken.append(broken)
@@ -124,9 +161,15 @@ def load_plugins(*, force: bool = False) -> list[BrokenPlugin]:
 
 
 def broken_plugins() -> list[BrokenPlugin]:
-    """Plugins whose import failed, after discovery."""
+    """Plugins whose import failed, after discovery (unavailable ones, missing a declared dependency, excluded)."""
     load_plugins()
     return list(_broken)
+
+
+def unavailable_plugins() -> list[UnavailablePlugin]:
+    """Plugins whose declared dependency (``requires``) is not installed, after discovery."""
+    load_plugins()
+    return list(_unavailable)
 
 
 def available(kind: str) -> list[str]:
@@ -149,7 +192,9 @@ def get(kind: str, name: str) -> Callable[..., Any]:
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         known = ", ".join(names) if names else "none"
         broken = "".join(f"\n  plugin {b.name!r} ({b.distribution}) failed to load: {b.error}" for b in _broken)
-        raise PluginError(f"unknown {kind} {name!r}{hint} (known {kind}s: {known}){broken}")
+        unavailable = "".join(f"\n  plugin {u.name!r} ({u.distribution}) is not loaded: it {u.hint}"
+                              for u in _unavailable)
+        raise PluginError(f"unknown {kind} {name!r}{hint} (known {kind}s: {known}){broken}{unavailable}")
     return factory
 
 
@@ -174,19 +219,20 @@ def isolated() -> Iterator[None]:
     with _lock:
         load_plugins()  # a plugin module imports once per process: keep what it registered
         saved = ({kind: dict(names) for kind, names in _components.items()}, dict(_origins), list(_broken),
-                 set(_loaded_entry_points))
+                 list(_unavailable), set(_loaded_entry_points))
         _reset_for_tests()
     try:
         yield
     finally:
         with _lock:
-            components, origins, broken, loaded = saved
+            components, origins, broken, unavailable, loaded = saved
             for kind in _components:
                 _components[kind].clear()
                 _components[kind].update(components[kind])
             _origins.clear()
             _origins.update(origins)
             _broken[:] = broken
+            _unavailable[:] = unavailable
             _loaded_entry_points.clear()
             _loaded_entry_points.update(loaded)
             _discovered = True
@@ -198,4 +244,5 @@ def _reset_for_tests() -> None:
     with _lock:
         _discovered = False
         _broken.clear()
+        _unavailable.clear()
         _loaded_entry_points.clear()

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
-from ._base import STAGES, Backbone, ClassifierHead, ConvNormAct, count_macs
-from . import resnet  # noqa: F401  (registers)
-from . import mobilenetv2  # noqa: F401  (registers)
-from . import vovnet  # noqa: F401  (registers)
-from .wrap import WrappedTeacher, load_weights, wrap_module
+from edgesplit.registry import requires
+
+requires("torch", extra="train")  # without torch: listed as unavailable, with this hint
+
+from ._base import STAGES, Backbone, ClassifierHead, ConvNormAct, count_macs  # noqa: E402
+from . import resnet  # noqa: E402, F401  (registers)
+from . import mobilenetv2  # noqa: E402, F401  (registers)
+from . import vovnet  # noqa: E402, F401  (registers)
+from .wrap import WrappedTeacher, load_weights, wrap_module  # noqa: E402
 
 __all__ = ["STAGES", "Backbone", "ClassifierHead", "ConvNormAct", "WrappedTeacher", "count_macs", "load_weights",
            "wrap_module"]

@@ -6,8 +6,12 @@ OpenVINO 1-bit graph and its ONNX Q/DQ graph from them (``edgesplit.export.openv
 
 from __future__ import annotations
 
-from . import binary, export_hooks, qat  # noqa: F401  (register the binary and qat students, their export hooks)
-from .binary import (
+from edgesplit.registry import requires
+
+requires("torch", extra="train")  # without torch: listed as unavailable, with this hint
+
+from . import binary, export_hooks, qat  # noqa: E402, F401  (register the binary and qat students, their export hooks)
+from .binary import (  # noqa: E402
     BinaryConv2d,
     BinaryResNet,
     BiRealBlock,
@@ -19,9 +23,9 @@ from .binary import (
     register_estimator,
     unpack_signs,
 )
-from ._lowering import lower
-from .qat import LsqQuantizer, QConv2d, QLinear, quantize_model
-from .storage import checkpoint_bytes, mac_report, storage_report
+from ._lowering import lower  # noqa: E402
+from .qat import LsqQuantizer, QConv2d, QLinear, quantize_model  # noqa: E402
+from .storage import checkpoint_bytes, mac_report, storage_report  # noqa: E402
 
 __all__ = [
     "BinaryConv2d",

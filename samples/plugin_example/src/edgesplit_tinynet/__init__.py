@@ -7,12 +7,16 @@ Install it (``pip install samples/plugin_example``) and both show up in ``edgesp
 
 from __future__ import annotations
 
-from torch import nn
+from edgesplit.registry import requires
 
-from edgesplit import register
-from edgesplit.plugins.backbones import Backbone, ClassifierHead
+requires("torch", extra="train")  # without torch, `edgesplit plugins` lists this plugin as unavailable, with the hint
 
-from . import plainnet  # noqa: F401  (registers backbone "plainnet")
+from torch import nn  # noqa: E402
+
+from edgesplit import register  # noqa: E402
+from edgesplit.plugins.backbones import Backbone, ClassifierHead  # noqa: E402
+
+from . import plainnet  # noqa: E402, F401  (registers backbone "plainnet")
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:

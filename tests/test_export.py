@@ -610,3 +610,143 @@ def test_runtime_round_trip_equals_torch(ckpt: Path, tmp_path: Path) -> None:
             np.testing.assert_array_equal(bundle.codec().decode(frame.body, frame.shape), want_symbols[i].numpy())
         for i, pred in enumerate(decoder.decode_batch(payloads)):
             np.testing.assert_allclose(pred.logits, want_logits[i], rtol=0, atol=1e-4)
+
+
+# -- parity through the runtime's own sessions -----------------------------------------------------------------------
+def test_parity_runs_on_the_staged_bundle_through_the_runtime(ckpt: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export-time parity opens the written (staged, not yet renamed) bundle with ``runtime.backends.open_part`` and
+    the manifest's options; what those sessions return is what the report measures."""
+    from edgesplit.runtime import backends
+
+    real_open_part, real_open_session = backends.open_part, backends.open_session
+    opened: list[tuple[Path, str, str, str, int | None]] = []
+    options: dict[str, Any] = {}
+
+    def spy_open_part(bundle: Bundle, part: str, backend: str, device: str = "cpu", threads: int | None = None,
+                      **kw: Any) -> Any:
+        opened.append((bundle.path, part, backend, device, threads))
+        return real_open_part(bundle, part, backend, device, threads, **kw)
+
+    def spy_open_session(backend: str, path: Any, *args: Any, **kw: Any) -> Any:
+        options[backend] = kw.get("options")
+        session = real_open_session(backend, path, *args, **kw)
+        if backend == "openvino":  # a session that is off by 0.5: the report must see it
+            run = session.run
+            session.run = lambda feeds: {k: v + 0.5 for k, v in run(feeds).items()}  # type: ignore[method-assign]
+        return session
+
+    monkeypatch.setattr(backends, "open_part", spy_open_part)
+    monkeypatch.setattr(backends, "open_session", spy_open_session)
+    dest = tmp_path / "spied"
+    bundle = export_checkpoint(ckpt, dest, backends="onnxruntime,openvino", verify=False, **FAST)
+    assert [(part, backend, device, threads) for _, part, backend, device, threads in opened] == [
+        ("model", "onnxruntime", "cpu", 1), ("model", "openvino", "cpu", 1)]
+    assert all(path.name.startswith(f".{dest.name}.partial-") for path, *_ in opened)  # before the rename
+    assert options["openvino"] == bundle.manifest["runtime"]["openvino"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    report = json.loads((bundle.path / REPORT_FILE).read_text())
+    rows = {r["backend"]: r for r in report["rows"]}
+    assert rows["onnxruntime"]["parity"]["max_abs_logits"] <= 1e-4
+    assert rows["openvino"]["parity"]["max_abs_logits"] == pytest.approx(0.5, abs=1e-3)
+    assert not report["passed"] and report["failures"][0].startswith("openvino: max_abs_logits 0.5")
+    assert rows["openvino"]["session"]["backend"] == "openvino" and rows["openvino"]["session"]["threads"] == 1
+
+
+def test_exporter_imports_no_runner_of_its_own() -> None:
+    from edgesplit.export import _onnxruntime, _openvino, _parity
+
+    for module, name in ((_onnxruntime, "OrtRunner"), (_openvino, "OvRunner"), (trt_export, "PlanRunner"),
+                         (_parity, "Runner")):
+        assert not hasattr(module, name), f"{module.__name__}.{name}: parity runs through edgesplit.runtime"
+
+
+# -- the exporter hooks are registry components ----------------------------------------------------------------------
+def test_exporter_kind_has_the_quant_hooks_and_the_exporter_uses_them(ckpt: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgesplit.plugins.quant import export_hooks
+
+    assert {"binary", "qdq", "publish"} <= set(registry.available("exporter"))
+    hook = registry.create("exporter", "binary")
+    assert isinstance(hook, export_hooks.BinaryExportHook)
+    assert hook.layer_count(resnet18(num_classes=3, width=0.125)) == 0
+    # the exporter asks the registered hook how many binary layers a model has: a hook that says 5 makes the
+    # fp16 export of a plain ResNet a binary student's, which exports at fp32 only
+    monkeypatch.setattr(export_hooks.BinaryExportHook, "layer_count", lambda self, model: 5)
+    with pytest.raises(ConfigError, match=r"a binary student \(5 binary layers\) exports with --precision fp32"):
+        export_checkpoint(ckpt, tmp_path / "never", backends="onnxruntime", precision="fp16", **FAST)
+
+
+def test_qdq_translation_comes_from_the_registered_hook() -> None:
+    from edgesplit.export import qdq
+
+    hook = registry.create("exporter", "qdq")
+    assert qdq.fake_quant is hook.fake_quant and qdq.INT8_RANGES == hook.int8_ranges
+    assert set(qdq.onnx_translations()) == {torch.ops.edgesplit.fake_quant.default}
+
+
+def test_export_modules_import_no_plugin_internals() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "export"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            found += [f"{path.name}: {n}" for n in names if n.startswith("edgesplit.plugins")]
+    assert found == []
+
+
+# -- the manifest as a typed object, and the codec through the registry -----------------------------------------------
+def test_manifest_round_trips_in_order_and_keeps_unknown_keys(fp32_bundle: Bundle) -> None:
+    from edgesplit.bundle import Manifest
+
+    m = Manifest.from_dict(fp32_bundle.manifest)
+    assert m == fp32_bundle.contents and m.kind == "full" and m.parts["model"]["onnxruntime"] == {"model": "model.onnx"}
+    assert m.backend_options("openvino") == {"INFERENCE_PRECISION_HINT": "f32"} and m.backend_options("tensorrt") == {}
+    out = m.to_dict()
+    assert out == fp32_bundle.manifest and list(out) == list(fp32_bundle.manifest)
+    newer = {**fp32_bundle.manifest, "x_future": {"a": 1}}
+    assert Manifest.from_dict(newer).to_dict()["x_future"] == {"a": 1}
+    with pytest.raises(BundleError, match="kind 'half' is not one of split, full"):
+        Manifest.from_dict({**fp32_bundle.manifest, "kind": "half"})
+
+
+def test_bundle_codec_is_built_through_the_registry(ckpt: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = _tiny_split_checkpoint(ckpt, tmp_path, seed=1)
+    root = tmp_path / "split"
+    shutil.copytree(export_checkpoint(path, tmp_path / "exported", backends="onnxruntime", **FAST).path, root)
+    _edit_manifest(root, lambda m: m["codec"].update(id="test-codec-v9"))
+
+    class TablesCodec:
+        def __init__(self, arrays: dict[str, np.ndarray], codec_id: str) -> None:
+            self.arrays, self.codec_id = arrays, codec_id
+
+        @classmethod
+        def from_arrays(cls, arrays: dict[str, np.ndarray], *, codec_id: str) -> "TablesCodec":
+            return cls(arrays, codec_id)
+
+    real_get = registry.get
+    monkeypatch.setattr(registry, "get", lambda kind, name: TablesCodec if (kind, name) == ("codec", "test-codec-v9")
+                        else real_get(kind, name))
+    codec = Bundle.open(root).codec()
+    assert isinstance(codec, TablesCodec) and codec.codec_id == "test-codec-v9"
+    with np.load(root / "codec.npz") as z:
+        assert sorted(codec.arrays) == sorted(z.files)
+    _edit_manifest(root, lambda m: m["codec"].update(id="nobody-registers-this"))
+    with pytest.raises(BundleError, match="codec.id 'nobody-registers-this' is not one this edgesplit decodes"):
+        Bundle.open(root).codec()
+
+
+def test_cli_format_is_a_deprecated_alias_of_backend(ckpt: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "old-flag"
+    rc = main(["export", str(ckpt), "--format", "onnx", "--out", str(out), "--calib-images", "6", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert [line for line in captured.err.splitlines() if "deprecated" in line] == [
+        "edgesplit export: --format is deprecated; use --backend onnxruntime"]
+    assert Bundle.open(out).backends("model") == ["onnxruntime"]
+    rc = main(["export", str(ckpt), "--format", "onnx", "--backend", "onnxruntime", "--out", str(tmp_path / "both")])
+    assert rc != 0 and "give --backend only" in capsys.readouterr().err

@@ -106,8 +106,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     sock = _listen(args.host, args.port)  # bound and listening before the banner says so
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
-    print(f"edgesplit serve: {decoder.bundle.manifest.get('name', args.bundle)} (fingerprint {decoder.fingerprint.hex()}, "
-          f"{decoder.backend} on {decoder.device}) at http://{url_host}:{port}/v1/decode", flush=True)
+    name = decoder.bundle.manifest.get("name", args.bundle)
+    print(f"edgesplit serve: {name} (fingerprint {decoder.fingerprint.hex()}, {decoder.backend} on {decoder.device}) "
+          f"at http://{url_host}:{port}/v1/decode", flush=True)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

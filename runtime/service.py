@@ -390,8 +390,9 @@ class DecodeService:
             except InferenceError as exc:
                 # the cause (runtime messages, file names) stays in the server log, not in the answer
                 log.error("the decoder graph failed: %s", exc)
-                raise _Reject(500, "inference_failed", f"the decoder graph failed on {self.decoder.backend} "
-                                                       f"({self.decoder.device}); the server log has the cause") from exc
+                detail = (f"the decoder graph failed on {self.decoder.backend} ({self.decoder.device}); the server "
+                          "log has the cause")
+                raise _Reject(500, "inference_failed", detail) from exc
             except EdgesplitError as exc:
                 log.error("decoding failed: %s", exc)
                 raise _Reject(500, "decoder_failed", f"the decoder failed: {exc}") from exc

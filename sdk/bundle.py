@@ -361,6 +361,7 @@ class Bundle:
         """The entropy codec of a split bundle: component ``codec.id`` of registry kind ``codec``, built from the
         tables file (``from_arrays``)."""
         from .codec import LEGACY_CODEC_ID
+        from .errors import PluginError
         from .registry import available, get
 
         if self.kind != "split" or self.contents.codec is None:
@@ -368,13 +369,13 @@ class Bundle:
         entry = self.contents.codec
         path = _confined(self.path, entry.get("file"), "codec.file")
         codec_id = entry.get("id", LEGACY_CODEC_ID)  # bundles name it; a manifest without one predates v2
-        known = available("codec")
-        if codec_id not in known:
+        try:  # get() imports plugins only for an id that is not built in, so a device stays torch-free
+            factory = get("codec", codec_id if isinstance(codec_id, str) else "")
+        except PluginError as exc:
             raise BundleError(
                 f"{self.path}: manifest codec.id {short(codec_id)} is not one this edgesplit decodes "
-                f"({', '.join(known)}); upgrade edgesplit, or install the plugin that registers that codec"
-            )
-        factory = get("codec", codec_id)
+                f"({', '.join(available('codec'))}); upgrade edgesplit, or install the plugin that registers that codec"
+            ) from exc
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}

@@ -76,7 +76,7 @@ def test_out_is_not_overwritten_unless_asked(full_bundle: Path, tmp_path: Path,
 def test_bad_options_are_refused(full_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["benchmark", str(full_bundle), *QUICK, "--batch", "0"])
-    assert exc.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--batch: must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["benchmark", str(full_bundle), *QUICK, "--backend", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgesplit benchmark: error: ") and "nosuch" in err and "Traceback" not in err

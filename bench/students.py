@@ -227,7 +227,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from edgesplit.export._exporter import _cpu_name
+    from edgesplit.export._report import cpu_name as _cpu_name
 
     previous = json.loads(out.read_text()) if out.is_file() else {"variants": []}
     kept = {e["variant"]: e for e in previous.get("variants", [])}

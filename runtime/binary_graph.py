@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgesplit.binary_net import BUILDER, BinaryUnit, InputSpec, LoweredNet, RealConv, RPReLU, load_net
-from edgesplit.errors import BackendUnavailable, BundleError
+from edgesplit.errors import BackendUnavailable, BundleError, ConfigError
 
 __all__ = ["BUILDER", "BINARY_UNIT_PREFIX", "REAL_CONV_PREFIX", "import_openvino", "openvino_model",
            "openvino_model_from_file", "binary_layer_types"]
@@ -119,7 +119,8 @@ def openvino_model(net: LoweredNet, input_shape: tuple[int, int, int, int] | Non
         x = _normalized(ops, param, image)
     else:
         if input_shape is None or len(input_shape) != 4:
-            raise ValueError(f"input_shape must be (N, C, H, W) when no image spec is given, got {input_shape!r}")
+            raise ConfigError(f"openvino_model: input_shape must be (N, C, H, W) when no image spec is given, got "
+                              f"{input_shape!r}; pass a 4-tuple or image=InputSpec(...)")
         param = ops.parameter(list(input_shape), np.float32, name="input")
         x = param
     param.output(0).get_tensor().set_names({param.get_friendly_name()})

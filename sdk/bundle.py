@@ -351,7 +351,7 @@ class Bundle:
             raise BundleError(f"{self.path}: this {self.kind} bundle has no part {part!r} (parts: {', '.join(self.parts())})")
         if backend not in entry:
             raise BundleError(f"{self.path}: part {part!r} was not exported for backend {backend!r} "
-                              f"(available: {', '.join(sorted(entry)) or 'none'}); re-export with --format {backend}")
+                              f"(available: {', '.join(sorted(entry)) or 'none'}); re-export with --backend {backend}")
         rel = (entry[backend] or {}).get(key)
         if rel is None:
             raise BundleError(f"{self.path}: part {part!r} for {backend!r} has no {key!r} file")

@@ -9,7 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgesplit.errors import BackendUnavailable, ConfigError, EdgesplitError, InferenceError
+from edgesplit._checks import positive_int
+from edgesplit.errors import BackendUnavailable, EdgesplitError, InferenceError
 
 __all__ = ["Shape", "Session", "missing_backend", "check_threads", "split_device"]
 
@@ -23,9 +24,8 @@ def missing_backend(backend: str, exc: ImportError) -> BackendUnavailable:
 
 
 def check_threads(threads: int | None, backend: str) -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"backend {backend!r}: threads must be a positive int or None (the runtime's default), "
-                          f"got {threads!r}")
+    if threads is not None:
+        positive_int(threads, f"backend {backend!r}: threads", hint=" (or None: the runtime's default)")
 
 
 def split_device(device: str, backend: str) -> tuple[str, int | None]:

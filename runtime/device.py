@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image
 
 from edgesplit import bitstream
+from edgesplit._checks import positive_int
 from edgesplit.bundle import Bundle
-from edgesplit.errors import BundleError, ConfigError, DataError
+from edgesplit.errors import BundleError, DataError
 from edgesplit.interfaces import BackendSession
 from edgesplit.preprocess import ImageInput, eval_crop
 
@@ -101,9 +102,7 @@ def _require_kind(bundle: Bundle, kind: str, cls: str) -> None:
 
 
 def _check_top_k(top_k: int) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"top_k must be a positive int, got {top_k!r}")
-    return top_k
+    return positive_int(top_k, "top_k")
 
 
 def _ms(start: float) -> float:

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
+from edgesplit._checks import is_int, positive_int
 from edgesplit.bitstream import Frame
 from edgesplit.errors import BitstreamError, ConfigError, EdgesplitError, InferenceError
 
@@ -172,9 +173,10 @@ class Batcher:
     def __init__(self, decoder: ServerDecoder, *, max_batch: int = 16, max_wait_ms: float = 5.0,
                  max_queue: int = 1024, metrics: Metrics | None = None,
                  pending: Callable[[], int] | None = None) -> None:
-        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
-            raise ConfigError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be >= 1, max_wait_ms "
-                              f"({max_wait_ms}) >= 0")
+        positive_int(max_batch, "max_batch")
+        positive_int(max_queue, "max_queue")
+        if not max_wait_ms >= 0:
+            raise ConfigError(f"max_wait_ms must be >= 0 milliseconds, got {max_wait_ms!r}")
         self.decoder = decoder
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -295,8 +297,7 @@ class DecodeService:
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, token: str | None = None,
                  metrics: Metrics | None = None, queue_depth: Callable[[], int] = lambda: 0,
                  ready: Callable[[], bool] = lambda: True, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> None:
-        if max_body_bytes < 1:
-            raise ConfigError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        positive_int(max_body_bytes, "max_body_bytes")
         if not read_timeout > 0:
             raise ConfigError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         if token is not None and not token:
@@ -585,9 +586,10 @@ def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_l
     (431) and due within ``read_timeout`` (408), at most ``max_connections`` connections at once (503 beyond)."""
     import uvicorn
 
-    if max_header_bytes < 256 or max_connections < 1 or not read_timeout > 0:
-        raise ConfigError(f"max_header_bytes ({max_header_bytes}) must be >= 256, max_connections "
-                          f"({max_connections}) >= 1 and read_timeout ({read_timeout}) > 0")
+    positive_int(max_connections, "max_connections")
+    if not is_int(max_header_bytes) or max_header_bytes < 256 or not read_timeout > 0:
+        raise ConfigError(f"max_header_bytes ({max_header_bytes!r}) must be an integer >= 256 and read_timeout "
+                          f"({read_timeout!r}) > 0 seconds")
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                           timeout_graceful_shutdown=graceful_timeout,
                           http=_guarded_protocol(max_header_bytes, read_timeout),

@@ -156,6 +156,19 @@ def test_a_failing_graph_is_a_500_without_its_cause(split_bundle: Path, payloads
         assert metric(client.get("/metrics").text, "edgesplit_errors_total", kind="inference_failed") == 1
 
 
+@pytest.mark.parametrize("limits, match", [
+    ({"max_batch": 0}, "max_batch must be a positive integer, got 0"),
+    ({"max_queue": True}, "max_queue must be a positive integer, got True"),
+    ({"max_wait_ms": -1.0}, "max_wait_ms must be >= 0"),
+    ({"max_body_bytes": 0}, "max_body_bytes must be a positive integer, got 0"),
+])
+def test_bad_service_limits_are_config_errors(decoder: ServerDecoder, limits: dict[str, object], match: str) -> None:
+    from edgesplit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        create_app(decoder, **limits)  # type: ignore[arg-type]
+
+
 def test_no_token_means_open(decoder: ServerDecoder, payloads: list[bytes]) -> None:
     with TestClient(create_app(decoder)) as client:
         assert same(client.post("/v1/decode", content=payloads[2]).json(), expected(decoder, payloads[2]))

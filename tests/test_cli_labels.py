@@ -84,7 +84,7 @@ def test_export_stores_given_or_carried_names(tmp_path: Path, capsys: pytest.Cap
     plain = save_teacher(tmp_path / "plain.safetensors")
     names_file = tmp_path / "labels.yaml"
     names_file.write_text(yaml.safe_dump({"apple": "Green apple"}))
-    fast = ["--format", "onnx", "--calib-images", "3", "--threads", "1"]
+    fast = ["--backend", "onnxruntime", "--calib-images", "3", "--threads", "1"]
     assert main(["export", str(carried), "--out", str(tmp_path / "a"), *fast]) == 0
     assert main(["export", str(plain), "--out", str(tmp_path / "b"), *fast, "--label-names", str(names_file)]) == 0
     assert main(["export", str(plain), "--out", str(tmp_path / "c"), *fast]) == 0

@@ -102,7 +102,8 @@ class OpenVinoSession(Session):
             config["INFERENCE_NUM_THREADS"] = threads
         try:
             self._compiled = core.compile_model(model, ov_device, config)
-        except Exception as exc:  # noqa: BLE001
+            self._request = self._compiled.create_infer_request()
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
             raise BackendUnavailable(f"backend 'openvino' cannot compile {path.name} for {ov_device}: {exc}") from exc
         used_threads = int(_property(self._compiled, "INFERENCE_NUM_THREADS") or 0) or None
         used = [str(d) for d in _property(self._compiled, "EXECUTION_DEVICES") or [ov_device]]
@@ -110,7 +111,6 @@ class OpenVinoSession(Session):
         hint = _property(self._compiled, "INFERENCE_PRECISION_HINT")
         self.inference_precision = (None if hint is None else
                                     hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint))
-        self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: its output tensors are reused between calls
         self._per_image = builder is not None  # compiled at batch 1 (see the class docstring)
         self._output_ports = {p.get_any_name(): p for p in self._compiled.outputs}

@@ -70,10 +70,10 @@ def open_part(bundle: Any, part: str, backend: str, device: str = "cpu", threads
     """
     _check_name(backend)  # an unknown name is a PluginError, not "not exported for that backend"
     model = bundle.file(part, backend, "model")
-    entry = bundle.manifest["parts"][part][backend] or {}
+    entry = bundle.contents.parts[part][backend] or {}
     weights = bundle.file(part, backend, "weights") if "weights" in entry else None
     builder = entry.get("builder")  # checked by open_session
-    recorded = (bundle.manifest.get("runtime") or {}).get(backend) or {}
+    recorded = (bundle.contents.runtime or {}).get(backend) or {}
     if not isinstance(recorded, Mapping):
         raise BundleError(f"{bundle.path}: manifest runtime.{backend} must map option names to values")
     return open_session(backend, model, device, threads, weights=weights, options={**recorded, **dict(options or {})},

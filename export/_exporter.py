@@ -17,21 +17,16 @@ import numpy as np
 
 from edgesplit.bundle import Bundle, BundleWriter, Manifest, sha256_file
 from edgesplit.errors import ConfigError, EdgesplitError, ExportError
-from edgesplit.runtime.backends import BACKENDS
 
 from ._calibration import calibration_images
 from ._parity import Reference
-from ._plan import PRECISIONS, Artifacts, ExportPlan, Steps, make_plan
+from ._plan import BACKENDS, FORMATS, PRECISIONS, Artifacts, ExportPlan, Steps, make_plan
 from ._report import REPORT_FILE, cpu_name, report_table, versions
 
 __all__ = ["FORMATS", "BACKENDS", "PRECISIONS", "REPORT_FILE", "parse_backends", "parse_formats",
            "export_checkpoint", "report_table"]
 
 log = logging.getLogger(__name__)
-
-# the export targets are the runtime's backends; FORMATS maps the older --format names onto them
-FORMATS: dict[str, str] = {"onnx": "onnxruntime", **{b: b for b in BACKENDS if b != "onnxruntime"}}
-
 
 def parse_backends(backends: str | Iterable[str]) -> list[str]:
     """Runtime backend names, in canonical order, from a comma-separated string or a list; the older format names

@@ -15,15 +15,20 @@ import numpy as np
 from edgesplit.errors import ConfigError
 from edgesplit.preprocess import Preprocess
 from edgesplit.registry import create
+from edgesplit.runtime.backends import BACKENDS
 
 from ._calibration import Calibration
 from ._parity import TOLERANCES, Reference
 
-__all__ = ["ExportPlan", "Artifacts", "Steps", "make_plan", "PRECISIONS"]
+__all__ = ["ExportPlan", "Artifacts", "Steps", "make_plan", "PRECISIONS", "BACKENDS", "FORMATS", "FORMAT_OF"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+# the export targets are the runtime's backends; FORMATS maps the older --format names onto them, and FORMAT_OF
+# gives the name the report's ``format`` key has always carried
+FORMATS: dict[str, str] = {"onnx": "onnxruntime", **{b: b for b in BACKENDS if b != "onnxruntime"}}
+FORMAT_OF: dict[str, str] = {backend: name for name, backend in FORMATS.items()}
 BINARY_PRECISIONS = ("fp32",)
 
 
@@ -137,7 +142,8 @@ def make_plan(ckpt: Path, dest: Path, backends: list[str], precision: str, *,
     model = load(ckpt)
     info = model.edgesplit_info
     kind = "split" if is_split(model) else "full"
-    layers = binary_hook().layer_count(model)
+    hook = binary_hook()
+    layers = hook.layer_count(model)
     if layers:
         _check_binary(ckpt.name, layers, precision, kind == "split")
     tol = dict(TOLERANCES["binary" if layers else precision])  # see TOLERANCES for why 1-bit models differ
@@ -145,4 +151,4 @@ def make_plan(ckpt: Path, dest: Path, backends: list[str], precision: str, *,
     return ExportPlan(
         checkpoint=ckpt, dest=dest, backends=backends, precision=precision, model=model, info=info,
         spec=Preprocess.from_dict(info["preprocess"]), labels=[str(v) for v in info["labels"]], kind=kind,
-        binary_layers=layers, tolerances=tol, binary_net=binary_hook().lower(model) if layers else None, **options)
+        binary_layers=layers, tolerances=tol, binary_net=hook.lower(model) if layers else None, **options)

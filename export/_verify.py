@@ -10,14 +10,13 @@ from edgesplit.errors import BackendUnavailable
 from edgesplit.interfaces import BackendSession
 
 from ._parity import failed_checks, measure, median_latency_ms
-from ._plan import Artifacts, ExportPlan, Steps
+from ._plan import FORMAT_OF, Artifacts, ExportPlan, Steps
 from ._report import parity_text, part_figures
 
 __all__ = ["parity_stage", "open_sessions", "DEVICES"]
 
 # where export-time parity runs each backend: TensorRT plans need the GPU, the others run on this CPU
 DEVICES = {"tensorrt": "cuda"}
-FORMAT_NAMES = {"onnxruntime": "onnx"}  # the report's ``format`` key keeps the names it was written with
 
 
 def open_sessions(bundle: Bundle, backend: str, threads: int | None) -> dict[str, BackendSession]:
@@ -25,7 +24,7 @@ def open_sessions(bundle: Bundle, backend: str, threads: int | None) -> dict[str
     from edgesplit.runtime.backends import open_part
 
     device = DEVICES.get(backend, "cpu")
-    return {p: open_part(bundle, p, backend, device, threads) for p in bundle.parts() if p in bundle.manifest["parts"]}
+    return {p: open_part(bundle, p, backend, device, threads) for p in bundle.parts()}
 
 
 def parity_stage(plan: ExportPlan, art: Artifacts, bundle: Bundle, steps: Steps) -> tuple[list[dict[str, Any]],
@@ -69,7 +68,7 @@ def _row(plan: ExportPlan, art: Artifacts, bundle: Bundle, backend: str, part: s
         latency = round(median_latency_ms(session, {art.inputs[part]: art.part_inputs(part)[:1]}), 4)
     entry = art.files[part][backend]
     row: dict[str, Any] = {
-        "format": FORMAT_NAMES.get(backend, backend), "backend": backend, "precision": plan.precision, "part": part,
+        "format": FORMAT_OF[backend], "backend": backend, "precision": plan.precision, "part": part,
         "file": entry["model"], "bytes": sum((bundle.path / entry[k]).stat().st_size for k in ("model", "weights")
                                              if k in entry),
         "device": "gpu" if DEVICES.get(backend, "cpu") != "cpu" else "cpu",

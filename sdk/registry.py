@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("backbone", "student", "bottleneck", "loss", "exporter", "backend", "codec", "estimator")
 ENTRY_POINT_GROUP = "edgesplit.plugins"
+# A full student is a backbone trained as is, so kind ``student`` (what the registry lists under it: students built
+# around another model, split, quantized or binary) also finds every backbone by name.
+_ALSO_FOUND_IN: dict[str, str] = {"student": "backbone"}
 # torch-free modules of the core whose components register on import, like a plugin's
 _BUILTIN_MODULES: tuple[str, ...] = ("edgesplit.codec", "edgesplit.runtime.backends")
 
@@ -180,17 +183,23 @@ def available(kind: str) -> list[str]:
 
 
 def get(kind: str, name: str) -> Callable[..., Any]:
-    """The factory registered as ``name`` of ``kind``; plugins are imported only if it is not built in."""
+    """The factory registered as ``name`` of ``kind`` (for ``student``: or the backbone ``name``, a full student);
+    plugins are imported only if it is not built in."""
     _check_kind(kind)
     factory = _components[kind].get(name)
     if factory is None:
         load_plugins()
         factory = _components[kind].get(name)
+    also = _ALSO_FOUND_IN.get(kind)
+    if factory is None and also is not None:
+        factory = _components[also].get(name)
     if factory is None:
         names = sorted(_components[kind])
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, names + (sorted(_components[also]) if also else []), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         known = ", ".join(names) if names else "none"
+        if also is not None:
+            known += f"; and every {also} as a full {kind}"
         broken = "".join(f"\n  plugin {b.name!r} ({b.distribution}) failed to load: {b.error}" for b in _broken)
         unavailable = "".join(f"\n  plugin {u.name!r} ({u.distribution}) is not loaded: it {u.hint}"
                               for u in _unavailable)

@@ -26,6 +26,7 @@ _EXPORT_COVERED_BY: dict[str, str] = {
     "mobilenetv2_050": "mobilenetv2_035",
     "mobilenetv2_075": "mobilenetv2_035",
     "mobilenetv2_100": "mobilenetv2_035",
+    "mobilenetv2": "mobilenetv2_035",
     "vovnet39": "vovnet19",
 }
 _ALL_EXPORTS = os.environ.get("EDGESPLIT_TEST_ALL_EXPORTS", "") not in ("", "0")
@@ -176,3 +177,29 @@ def test_onnx_export_matches_torch(name: str, tmp_path, capsys: pytest.CaptureFi
     with torch.no_grad():
         want = model(x)
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_sized_mobilenetv2_names_fix_their_width() -> None:
+    from edgesplit.errors import ConfigError
+
+    def channels(name: str, **params: object) -> dict[str, int]:
+        return registry.create("backbone", name, num_classes=NUM_CLASSES, **params).stage_channels
+
+    for name, width in (("mobilenetv2_035", 0.35), ("mobilenetv2_050", 0.5), ("mobilenetv2_075", 0.75),
+                        ("mobilenetv2_100", 1.0)):
+        assert channels(name) == channels("mobilenetv2", width=width)
+        with pytest.raises(ConfigError, match=f"'{name}' is MobileNetV2 at width {width} and takes no width; "
+                                              "for width 0.6 use backbone 'mobilenetv2' with width: 0.6"):
+            channels(name, width=0.6)
+    assert channels("mobilenetv2_050") != channels("mobilenetv2_075")
+
+
+def test_a_full_student_is_found_under_kind_student() -> None:
+    from edgesplit.errors import PluginError
+
+    student = registry.create("student", "mobilenetv2_035", num_classes=NUM_CLASSES)
+    assert type(student) is type(_build("mobilenetv2_035"))
+    assert student.stage_channels == _build("mobilenetv2_035").stage_channels
+    assert "mobilenetv2_035" not in registry.available("student")  # listed once, as a backbone
+    with pytest.raises(PluginError, match="known students: .*entropic.*; and every backbone as a full student"):
+        registry.get("student", "no_such_student")

@@ -155,21 +155,35 @@ def _gen_mobilenetv2(width: float, num_classes: int = 1000, drop_rate: float = 0
     return MobileNetV2(_MOBILENETV2_ARCH, num_classes=num_classes, width=width, drop_rate=drop_rate, **kwargs)
 
 
+@register("backbone", "mobilenetv2")
+def mobilenetv2(num_classes: int = 1000, drop_rate: float = 0.0, width: float = 1.0) -> MobileNetV2:
+    """MobileNetV2 at any channel multiplier ``width`` (the sized names below fix it)."""
+    return _gen_mobilenetv2(width, num_classes, drop_rate)
+
+
+def _sized(name: str, width: float, num_classes: int, drop_rate: float, asked: float | None) -> MobileNetV2:
+    if asked is not None:
+        raise ConfigError(f"backbone {name!r} is MobileNetV2 at width {width} and takes no width; for width {asked} "
+                          f"use backbone 'mobilenetv2' with width: {asked}")
+    return _gen_mobilenetv2(width, num_classes, drop_rate)
+
+
+# ``width`` is accepted only to say which function takes it: a sized name never builds another size.
 @register("backbone", "mobilenetv2_100")
 def mobilenetv2_100(num_classes: int = 1000, drop_rate: float = 0.0, width: float | None = None) -> MobileNetV2:
-    return _gen_mobilenetv2(1.0 if width is None else width, num_classes, drop_rate)
+    return _sized("mobilenetv2_100", 1.0, num_classes, drop_rate, width)
 
 
 @register("backbone", "mobilenetv2_075")
 def mobilenetv2_075(num_classes: int = 1000, drop_rate: float = 0.0, width: float | None = None) -> MobileNetV2:
-    return _gen_mobilenetv2(0.75 if width is None else width, num_classes, drop_rate)
+    return _sized("mobilenetv2_075", 0.75, num_classes, drop_rate, width)
 
 
 @register("backbone", "mobilenetv2_050")
 def mobilenetv2_050(num_classes: int = 1000, drop_rate: float = 0.0, width: float | None = None) -> MobileNetV2:
-    return _gen_mobilenetv2(0.5 if width is None else width, num_classes, drop_rate)
+    return _sized("mobilenetv2_050", 0.5, num_classes, drop_rate, width)
 
 
 @register("backbone", "mobilenetv2_035")
 def mobilenetv2_035(num_classes: int = 1000, drop_rate: float = 0.0, width: float | None = None) -> MobileNetV2:
-    return _gen_mobilenetv2(0.35 if width is None else width, num_classes, drop_rate)
+    return _sized("mobilenetv2_035", 0.35, num_classes, drop_rate, width)

@@ -26,7 +26,7 @@ from edgesplit.config import TrainConfig, to_dict
 from edgesplit.data import ImageCache, ImageFolder, stratified_split
 from edgesplit.errors import ConfigError, DataError
 from edgesplit.preprocess import PIXEL_SCALE, Preprocess, normalization
-from edgesplit.registry import create, get
+from edgesplit.registry import available, create, get
 
 from . import losses as _losses  # noqa: F401  (registers the built-in losses)
 from .checkpoint import atomic_write, build_model, load, load_state, save_checkpoint, save_state
@@ -216,7 +216,7 @@ class Trainer:
         dataset = ImageFolder(self.data_root, classes=labels_from, limit_per_class=cfg.data.limit_per_class)
         self.labels = dataset.classes
         params = dict(cfg.model.params)
-        if cfg.model.kind == "backbone":
+        if cfg.model.kind == "backbone" or cfg.model.name in available("backbone"):  # a full student is a backbone
             params.setdefault("num_classes", len(self.labels))
         if "teacher" in inspect.signature(get(cfg.model.kind, cfg.model.name)).parameters and cfg.teacher:
             params.setdefault("teacher", cfg.teacher)

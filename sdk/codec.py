@@ -1,4 +1,4 @@
-"""Factorized entropy codec: int32 symbols of shape (C, ...) <-> ANS payload bytes, one integer pmf per channel.
+"""Factorized entropy codec: int32 symbols of shape (C, ...) <-> ANS-coded bytes (a frame's body), one pmf per channel.
 
 Torch-free; the coder is ``constriction``'s ANS. Values outside a table's support take an escape path (lossless).
 ``factorized-v3`` payloads start the coder from a fixed check state that decoding must end on exactly, and drop the
@@ -267,7 +267,7 @@ class FactorizedCodec:
         return bits
 
     def encode(self, symbols: Any) -> bytes:
-        """Code ``symbols`` (integer array of shape (C, ...)) into payload bytes."""
+        """Code ``symbols`` (integer array of shape (C, ...)) into bytes (the body that a bitstream frame carries)."""
         flat = self._check_symbols(symbols)
         cat, _, above, distance = self._split(flat)
         coder = (_stream.stack.AnsCoder(np.array([_CHECK_STATE], dtype=np.uint32)) if self._codec_id == CODEC_ID
@@ -296,29 +296,30 @@ class FactorizedCodec:
         # its high bytes are often 0: drop up to three of them; decode pads the word back out.
         return data[: len(data) - _trailing_zero_bytes(data)]
 
-    def decode(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
-        """Decode payload bytes into an int32 array of ``shape``; a corrupted payload raises BitstreamError."""
+    def decode(self, body: bytes, shape: tuple[int, ...]) -> np.ndarray:
+        """Decode coded bytes (a frame's body) into an int32 array of ``shape``; corrupted bytes raise
+        BitstreamError."""
         shape = self._check_shape(shape)
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise BitstreamError(f"payload must be bytes, got {type(payload).__name__}")
-        data = bytes(payload)
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise BitstreamError(f"coded body must be bytes, got {type(body).__name__}")
+        data = bytes(body)
         if self._codec_id == LEGACY_CODEC_ID:
             if len(data) % 4:
                 raise BitstreamError(
-                    f"payload has {len(data)} bytes, not a multiple of 4; it is truncated or not a "
-                    f"{LEGACY_CODEC_ID} payload"
+                    f"coded body has {len(data)} bytes, not a multiple of 4; it is truncated or not a "
+                    f"{LEGACY_CODEC_ID} body"
                 )
         else:
             if _trailing_zero_bytes(data):
                 raise BitstreamError(
-                    f"payload ends in a zero byte, which a {self._codec_id} encoder never writes; it is corrupted"
+                    f"coded body ends in a zero byte, which a {self._codec_id} encoder never writes; it is corrupted"
                 )
             data += bytes(-len(data) % 4)
         words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         try:
             coder = _stream.stack.AnsCoder(words)
         except ValueError as exc:
-            raise BitstreamError(f"payload is not a valid ANS stream ({exc}); it is corrupted") from exc
+            raise BitstreamError(f"coded body is not a valid ANS stream ({exc}); it is corrupted") from exc
         count = math.prod(shape[1:])
         cat = np.empty((self.num_channels, count), dtype=np.int32)
         for channel in range(self.num_channels):
@@ -344,7 +345,7 @@ class FactorizedCodec:
             low_edge = self._offsets[channel]
             value = np.where(above == 1, low_edge + self._support - 1 + distance, low_edge - distance)
             if (value < _INT32_MIN).any() or (value > _INT32_MAX).any():
-                raise BitstreamError("payload decodes to a value outside int32; it is corrupted")
+                raise BitstreamError("coded body decodes to a value outside int32; it is corrupted")
             values[channel, position] = value
         self._check_end(coder, shape)
         return values.astype(np.int32).reshape(shape)
@@ -358,7 +359,7 @@ class FactorizedCodec:
         elif coder.is_empty():
             return
         raise BitstreamError(
-            f"payload does not end where its encoder began after decoding shape {shape} "
+            f"coded body does not end where its encoder began after decoding shape {shape} "
             f"({coder.num_valid_bits()} bits left); it is corrupted, or was coded with other tables or another shape"
         )
 

@@ -477,3 +477,159 @@ def test_manifest_runtime_options_and_batch_caps(tmp_path: Path, split_bundle: P
     np.testing.assert_allclose([p.logits for p in decoder.decode_batch(payloads)], reference, atol=1e-6)
     assert calls == [2, 2, 1]
     assert encoder.encode_batch(images) == payloads
+
+
+# -- TensorRT, against fakes of tensorrt and cuda-python (no GPU here) ---------------------------------------
+
+class _FakeCuda:
+    """cuda-python's runtime calls the session makes: host memory stands in for device memory."""
+
+    class cudaMemcpyKind:  # noqa: N801 - cuda-python's names
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._ctypes = ctypes
+        self.buffers: dict[int, object] = {}
+        self.freed: list[int] = []
+        self.fail_sync = False
+
+    def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802
+        return 0, 1
+
+    def cudaSetDevice(self, index: int) -> tuple[int]:  # noqa: N802
+        return (0,)
+
+    def cudaStreamCreate(self) -> tuple[int, int]:  # noqa: N802
+        return 0, 7
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[int]:  # noqa: N802
+        return (0,)
+
+    def cudaMalloc(self, nbytes: int) -> tuple[int, int]:  # noqa: N802
+        buffer = self._ctypes.create_string_buffer(nbytes)
+        self.buffers[self._ctypes.addressof(buffer)] = buffer
+        return 0, self._ctypes.addressof(buffer)
+
+    def cudaFree(self, ptr: int) -> tuple[int]:  # noqa: N802
+        self.freed.append(int(ptr))
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> tuple[int]:  # noqa: N802
+        self._ctypes.memmove(int(dst), int(src), nbytes)
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:  # noqa: N802
+        return (700,) if self.fail_sync else (0,)
+
+
+def _fake_tensorrt(max_batch: int) -> object:
+    """A tensorrt module whose engine maps x (N, 3) float32 to y = 2 x, with a profile up to ``max_batch``."""
+    import ctypes
+    import types
+
+    trt = types.ModuleType("tensorrt")
+
+    class Context:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.addresses: dict[str, int] = {}
+            self.fail = False
+
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            self.shapes["x"] = self.shapes["y"] = tuple(shape)
+            return 1 <= shape[0] <= max_batch
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return self.shapes[name]
+
+        def set_tensor_address(self, name: str, ptr: int) -> None:
+            self.addresses[name] = ptr
+
+        def execute_async_v3(self, stream: int) -> bool:
+            n = int(np.prod(self.shapes["x"]))
+            x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses["x"]))
+            np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses["y"]))[:] = 2 * x
+            return not self.fail
+
+    class Engine:
+        num_io_tensors = 2
+
+        def __init__(self) -> None:
+            self.context = Context()
+
+        def get_tensor_name(self, i: int) -> str:
+            return ("x", "y")[i]
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return "float"
+
+        def get_tensor_shape(self, name: str) -> tuple[int, int]:
+            return (-1, 3)
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "in" if name == "x" else "out"
+
+        def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, int]]:
+            return [(1, 3), (max_batch // 2, 3), (max_batch, 3)]
+
+        def create_execution_context(self) -> Context:
+            return self.context
+
+    class Runtime:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, plan: bytes) -> Engine | None:
+            return Engine() if plan == b"plan" else None
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    trt.Logger, trt.Runtime = Logger, Runtime  # type: ignore[attr-defined]
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")  # type: ignore[attr-defined]
+    trt.nptype = lambda dtype: np.float32  # type: ignore[attr-defined]
+    return trt
+
+
+def test_tensorrt_session_against_fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    cuda = _FakeCuda()
+    package, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    bindings.runtime = cuda  # type: ignore[attr-defined]
+    package.bindings = bindings  # type: ignore[attr-defined]
+    for name, module in (("tensorrt", _fake_tensorrt(max_batch=4)), ("cuda", package), ("cuda.bindings", bindings),
+                         ("cuda.bindings.runtime", cuda)):
+        monkeypatch.setitem(sys.modules, name, module)
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"plan")
+    session = open_session("tensorrt", plan, device="cuda:0")
+    assert session.info() == {"backend": "tensorrt", "device": "cuda:0", "threads": None}
+    assert session.max_batch == 4 and session.input_shapes == {"x": (None, 3)}
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(session.run({"x": x})["y"], 2 * x)
+    assert sorted(cuda.freed) == sorted(cuda.buffers), "device buffers of the run were not freed"
+
+    with pytest.raises(InferenceError, match="outside the engine's optimization profile"):
+        session.run({"x": np.zeros((5, 3), np.float32)})
+    cuda.fail_sync = True
+    with pytest.raises(InferenceError, match="cudaStreamSynchronize failed with error 700"):
+        session.run({"x": x})
+    cuda.fail_sync = False
+    session._engine.context.fail = True  # type: ignore[attr-defined]
+    with pytest.raises(InferenceError, match="execute_async_v3 failed"):
+        session.run({"x": x})
+    assert sorted(cuda.freed) == sorted(cuda.buffers)
+
+    with pytest.raises(BackendUnavailable, match="NVIDIA GPUs only"):
+        open_session("tensorrt", plan, device="cpu")
+    with pytest.raises(BackendUnavailable, match="not found"):
+        open_session("tensorrt", plan, device="cuda:1")
+    plan.write_bytes(b"other GPU")
+    with pytest.raises(BackendUnavailable, match="could not deserialize"):
+        open_session("tensorrt", plan, device="cuda")

@@ -68,6 +68,23 @@ def test_eval_crop_and_normalize_shapes() -> None:
     x = normalize(crop[None], spec)
     assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
     assert np.allclose(x[0, 0, 0, 0], (crop[0, 0, 0] / 255 - spec.mean[0]) / spec.std[0], atol=1e-6)
+    # every pixel and channel, against the formula in float64
+    want = (crop.astype(np.float64).transpose(2, 0, 1) / 255 - np.reshape(spec.mean, (3, 1, 1))) / np.reshape(
+        spec.std, (3, 1, 1))
+    np.testing.assert_allclose(x[0], want, rtol=0, atol=1e-5)
+
+
+def test_training_input_is_normalized_like_the_device_input() -> None:
+    """The torch training input and the numpy (device) input are the same numbers: one normalization."""
+    pytest.importorskip("torch")
+    from edgesplit.train import to_input
+
+    spec = Preprocess(size=8, mean=(0.2, 0.5, 0.7), std=(0.1, 0.3, 0.9))
+    batch = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    got = to_input(batch, spec).numpy()
+    assert got.shape == (2, 3, 8, 8) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, normalize(batch, spec))
+    assert np.abs(got - batch.transpose(0, 3, 1, 2) / 255).max() > 1  # normalization did something
 
 
 def test_bad_image_inputs() -> None:

@@ -203,3 +203,13 @@ def test_a_full_student_is_found_under_kind_student() -> None:
     assert "mobilenetv2_035" not in registry.available("student")  # listed once, as a backbone
     with pytest.raises(PluginError, match="known students: .*entropic.*; and every backbone as a full student"):
         registry.get("student", "no_such_student")
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_unknown_stage_is_a_config_error_naming_the_stages(name: str) -> None:
+    from edgesplit.errors import ConfigError
+
+    model = _build(name)
+    assert model.stage("stage2") is getattr(model, "stage2")
+    with pytest.raises(ConfigError, match="unknown stage 'stage9'; stages are stem, stage1, stage2"):
+        model.stage("stage9")

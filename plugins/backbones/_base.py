@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from edgesplit.errors import ConfigError
+
 STAGES: tuple[str, ...] = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
 
 
@@ -53,7 +55,7 @@ class Backbone(nn.Module):
 
     def stage(self, name: str) -> nn.Module:
         if name not in self.stage_names:
-            raise KeyError(f"unknown stage {name!r}; stages are {', '.join(self.stage_names)}")
+            raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(self.stage_names)}")
         return getattr(self, name)
 
     def replace_stage(self, name: str, module: nn.Module) -> None:

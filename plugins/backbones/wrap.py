@@ -94,7 +94,7 @@ class WrappedTeacher(Backbone):
 
     def stage(self, name: str) -> nn.Module:
         if name not in self._keys:
-            raise KeyError(f"unknown stage {name!r}; stages are {', '.join(self.stage_names)}")
+            raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(self.stage_names)}")
         return self.pieces[self._keys[name]]
 
     def replace_stage(self, name: str, module: nn.Module) -> None:

@@ -474,3 +474,14 @@ def test_two_stage_training_run(image_folder: Path, tmp_path: Path) -> None:
     for stage in ("s1", "s2"):  # the engine records the model's resolved recipe, teacher hash included
         params = read_metadata(tmp_path / stage / "model.safetensors")["model"]["params"]
         assert params["teacher_sha256"] == file_sha256(teacher) and params["bottleneck_channels"] == 8
+
+
+@pytest.mark.parametrize("name", [n for n in registry.available("loss") if n in ("kd", "feature_mse", "nd")])
+def test_a_distillation_loss_without_teacher_outputs_is_a_config_error(name: str, teacher_path: Path) -> None:
+    s = _student(teacher_path)
+    params = {"kd": {}, "feature_mse": {"stages": ["stage3"], "student": s, "teacher": s.tail},
+              "nd": {"student": s, "teacher": s.tail, "num_classes": 10}}[name]
+    loss = registry.create("loss", name, **params)
+    out = s.forward_train(_x(), keep=loss.student_keys - {"logits"})
+    with pytest.raises(ConfigError, match="reads the teacher's outputs .* there is no teacher"):
+        loss(out, None, torch.zeros(2, dtype=torch.long))

@@ -28,6 +28,13 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
+def _teacher_outputs(loss: Loss, t: Outputs | None) -> Outputs:
+    if t is None:
+        raise ConfigError(f"{type(loss).__name__} reads the teacher's outputs {sorted(loss.teacher_keys)}, and there "
+                          "is no teacher; give the recipe a teacher: or drop this loss")
+    return t
+
+
 def _channels(model: nn.Module | None, stage: str, role: str) -> int:
     chs = getattr(model, "stage_channels", None)
     if model is None or chs is None or stage not in chs:
@@ -54,7 +61,7 @@ class KnowledgeDistillation(Loss):
         self.temperature = float(temperature)
 
     def forward(self, s: Outputs, t: Outputs | None, target: torch.Tensor) -> torch.Tensor:
-        assert t is not None
+        t = _teacher_outputs(self, t)
         T = self.temperature
         log_p_s = F.log_softmax(s["logits"] / T, dim=1)
         log_p_t = F.log_softmax(t["logits"].detach() / T, dim=1)
@@ -79,7 +86,7 @@ class FeatureMSE(Loss):
             self.proj[st] = nn.Identity() if cs == ct else nn.Conv2d(cs, ct, 1, bias=False)
 
     def forward(self, s: Outputs, t: Outputs | None, target: torch.Tensor) -> torch.Tensor:
-        assert t is not None
+        t = _teacher_outputs(self, t)
         total = s["logits"].new_zeros(())
         for st, w in zip(self.stages, self.stage_weights):
             fs, ft = self.proj[st](s[st]), t[st].detach()
@@ -128,7 +135,7 @@ class NormDirection(Loss):
                 self.seen[i] = True
 
     def forward(self, s: Outputs, t: Outputs | None, target: torch.Tensor) -> torch.Tensor:
-        assert t is not None
+        t = _teacher_outputs(self, t)
         f_s = self.proj(s[self.stage].mean(dim=(2, 3)))
         f_t = t[self.stage].detach().mean(dim=(2, 3))
         if self.training:

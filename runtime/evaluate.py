@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgesplit.bundle import Bundle
-from edgesplit.data import ImageFolder, stratified_split
+from edgesplit.data import ImageFolder, subset_indices
 from edgesplit.errors import ConfigError, DataError
 
 from .device import DeviceEncoder, DeviceModel, as_bundle
@@ -25,24 +25,17 @@ BATCH_SIZE = 32
 
 
 def select_indices(dataset: ImageFolder, bundle: Bundle, split: str, limit: int | None) -> np.ndarray:
-    """All images, or the held-out split recorded in the manifest (``train_split``); ``limit`` keeps a seeded
-    subset (the same one ``edgesplit eval`` picks for a checkpoint)."""
-    idx = np.arange(len(dataset))
-    if split == "val":
-        info = bundle.manifest.get("train_split")
-        if not isinstance(info, dict) or "val_fraction" not in info or "seed" not in info:
-            raise ConfigError(f"{bundle.path}: --split val needs the training split recorded in the manifest "
-                              "('train_split: {val_fraction, seed}'); this bundle has none. Use --split all on a "
-                              "held-out directory, or re-export from a checkpoint that records its split")
-        idx = stratified_split(dataset.labels, float(info["val_fraction"]), int(info["seed"]))[1]
-    elif split != "all":
-        raise ConfigError(f"unknown split {split!r}; choose 'all' or 'val'")
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {limit}")
-        if limit < len(idx):
-            idx = np.sort(np.random.default_rng(0).permutation(idx)[:limit])
-    return idx
+    """All images (``split='all'``), or the held-out part of the training split recorded in the manifest
+    (``'val'``, from ``train_split``); ``limit`` keeps the seeded subset ``edgesplit eval`` picks for a checkpoint."""
+    if split != "val":
+        return subset_indices(dataset.labels, split, val_fraction=0.0, seed=0, limit=limit)
+    info = bundle.manifest.get("train_split")
+    if not isinstance(info, dict) or "val_fraction" not in info or "seed" not in info:
+        raise ConfigError(f"{bundle.path}: --subset val needs the training split recorded in the manifest "
+                          "('train_split: {val_fraction, seed}'); this bundle has none. Use --subset all on a "
+                          "held-out directory, or re-export from a checkpoint that records its split")
+    return subset_indices(dataset.labels, split, val_fraction=float(info["val_fraction"]), seed=int(info["seed"]),
+                          limit=limit)
 
 
 def evaluate_bundle(bundle_dir: str | Path, data_dir: str | Path, backend: str = "onnxruntime",

@@ -16,10 +16,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from ._checks import positive_int
+from .errors import ConfigError, DataError
 from .preprocess import Preprocess, eval_crop, load_image, random_resized_crop
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "stratified_split", "ImageCache", "BatchStream", "shard_epoch"]
+__all__ = ["IMAGE_EXTENSIONS", "SUBSETS", "ImageFolder", "stratified_split", "subset_indices", "ImageCache",
+           "BatchStream", "shard_epoch"]
+
+SUBSETS = ("all", "val")  # what an evaluation runs on: every image, or the held-out part of a training split
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,18 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def subset_indices(labels: np.ndarray, subset: str, *, val_fraction: float, seed: int,
+                   limit: int | None = None) -> np.ndarray:
+    """Indices an evaluation runs on: ``all`` images or the ``val`` part of ``stratified_split(val_fraction, seed)``;
+    ``limit`` keeps a seeded subset of those, the same for a checkpoint and for its bundle, so their numbers compare."""
+    if subset not in SUBSETS:
+        raise ConfigError(f"unknown subset {subset!r}; choose {' or '.join(map(repr, SUBSETS))}")
+    idx = stratified_split(labels, val_fraction, seed)[1] if subset == "val" else np.arange(len(labels))
+    if limit is not None and positive_int(limit, "limit") < len(idx):
+        idx = np.sort(np.random.default_rng(0).permutation(idx)[:limit])
+    return idx
 
 
 class ImageCache:

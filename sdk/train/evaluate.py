@@ -15,7 +15,7 @@ from PIL import Image
 
 from edgesplit import bitstream
 from edgesplit.bundle import sha256_file
-from edgesplit.data import ImageFolder, stratified_split
+from edgesplit.data import ImageFolder, subset_indices
 from edgesplit.errors import BackendUnavailable, ConfigError, DataError
 from edgesplit.interfaces import SplitModel
 from edgesplit.preprocess import Preprocess, eval_crop
@@ -82,16 +82,9 @@ def file_fingerprint(path: str | Path) -> bytes:
 
 def select_indices(dataset: ImageFolder, split: str, info: dict[str, Any], limit: int | None) -> np.ndarray:
     """All images, or the checkpoint's own held-out split (``split='val'``); ``limit`` keeps a seeded subset."""
-    idx = np.arange(len(dataset))
-    if split == "val":
-        data_cfg = info.get("train_config", {}).get("data", {})
-        frac, seed = data_cfg.get("val_fraction", 0.1), data_cfg.get("split_seed", 0)
-        idx = stratified_split(dataset.labels, frac, seed)[1]
-    elif split != "all":
-        raise ConfigError(f"unknown split {split!r}; choose 'all' or 'val'")
-    if limit is not None and limit < len(idx):
-        idx = np.sort(np.random.default_rng(0).permutation(idx)[:limit])
-    return idx
+    data_cfg = info.get("train_config", {}).get("data", {})
+    return subset_indices(dataset.labels, split, val_fraction=data_cfg.get("val_fraction", 0.1),
+                          seed=data_cfg.get("split_seed", 0), limit=limit)
 
 
 def _batches(dataset: ImageFolder, idx: np.ndarray, spec: Preprocess, batch_size: int, codec: str | None,

@@ -152,7 +152,8 @@ class BackendSession(Protocol):
 
     Contract: ``run({name: ndarray})`` takes every input by name (``input_names``; dtypes and fixed dims as in
     ``input_shapes``, None for a dynamic dim) and returns every output by name as arrays the caller owns; a wrong
-    input is a ``DataError``, a runtime failure a ``BackendUnavailable``; ``output_shapes`` describes the outputs.
+    input or a failure while running is an ``InferenceError`` (``BackendUnavailable`` is for opening: a runtime not
+    installed, a device missing); ``output_shapes`` describes the outputs.
     ``backend``, ``device`` and ``threads`` are what the runtime reports it uses (never a silent fallback);
     ``info()`` returns them with backend details. ``max_batch`` is the most rows one ``run`` takes (None: no
     limit). ``close()`` releases the runtime.

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import fx, nn
 
+from edgesplit._checks import positive_int
 from edgesplit.errors import ConfigError
 
 from ._base import Backbone
@@ -222,8 +223,7 @@ def wrap_module(module: nn.Module, stages: Sequence[str], head: str = "fc", *, i
     if clash or nested:
         raise ConfigError(f"{cls}: stages must not be named {STEM!r} or {HEAD!r} (found {clash}) nor contain one "
                           f"another or the head (found {nested})")
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-        raise ConfigError(f"{cls}: input_size must be a positive integer, got {input_size!r}")
+    positive_int(input_size, f"{cls}: input_size")
     if weights is not None:
         load_weights(module, weights)
 

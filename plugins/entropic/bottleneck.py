@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgesplit._checks import positive_int
 from edgesplit.codec import MAX_SUPPORT, FactorizedCodec
 from edgesplit.errors import ConfigError
 from edgesplit.registry import register
@@ -49,8 +50,7 @@ class EntropyBottleneck(nn.Module):
     def __init__(self, channels: int, filters: Sequence[int] = (3, 3, 3), init_scale: float = 10.0,
                  tail_mass: float = 1e-9, likelihood_bound: float = 1e-9) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ConfigError(f"entropy bottleneck channels must be a positive integer, got {channels!r}")
+        positive_int(channels, "entropy bottleneck channels")
         filters = tuple(int(f) for f in filters)
         if any(f < 1 for f in filters):
             raise ConfigError(f"entropy bottleneck filters must be positive integers, got {filters!r}")

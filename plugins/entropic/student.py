@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from edgesplit._checks import positive_int
 from edgesplit.bundle import sha256_file
 from edgesplit.checkpoint import load
 from edgesplit.codec import FactorizedCodec
@@ -65,9 +66,7 @@ def _conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1) -> nn.Conv2d:
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"entropic student: {name} must be a positive integer, got {value!r}")
-    return value
+    return positive_int(value, f"entropic student: {name}")
 
 
 class SplitStudent(nn.Module):

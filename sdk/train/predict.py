@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edgesplit import bitstream
-from edgesplit.errors import ConfigError
+from edgesplit._checks import positive_int
 from edgesplit.interfaces import SplitModel
 from edgesplit.labels import names_for
 from edgesplit.predict import display_path, top_entries
@@ -29,8 +29,7 @@ BATCH_SIZE = 16
 def predict_checkpoint(path: str | Path, images: Sequence[Path], *, root: Path | None = None, top_k: int = 5,
                        names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``{target, kind, backend: 'torch', device: 'cpu', rows}``; ``names`` (id -> name) overrides the checkpoint's."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"top_k must be a positive int, got {top_k!r}")
+    positive_int(top_k, "top_k")
     model = load(path)
     info = model.edgesplit_info  # type: ignore[attr-defined]
     labels = [str(v) for v in info["labels"]]

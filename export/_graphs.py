@@ -18,7 +18,8 @@ from torch import nn
 
 from edgesplit.errors import ExportError
 from edgesplit.interfaces import EntropyCodec, Exportable, SplitModel
-from edgesplit.preprocess import Preprocess
+from edgesplit.preprocess import Preprocess, normalization
+from edgesplit.train.engine import normalize_image
 
 from .qdq import onnx_translations
 
@@ -49,20 +50,17 @@ def split_codec(model: SplitModel) -> EntropyCodec:
 
 
 class _Normalize(nn.Module):
-    """uint8 NHWC -> float NCHW with the spec's mean/std: the arithmetic of ``edgesplit.train.to_input``.
-
-    The cast comes before the transpose so no uint8 tensor flows between ops (TensorRT takes UINT8 only at network
-    inputs and outputs).
-    """
+    """uint8 NHWC -> float NCHW: ``edgesplit.train.engine.normalize_image`` with the constants of
+    ``edgesplit.preprocess.normalization``, the same arithmetic the training input has."""
 
     def __init__(self, spec: Preprocess) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1))
+        mean, std = normalization(spec)
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("std", torch.from_numpy(std))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.to(torch.float32).permute(0, 3, 1, 2) / 255.0
-        return (x - self.mean) / self.std
+        return normalize_image(image, self.mean, self.std)
 
 
 class _FullGraph(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 
 from edgesplit.binary_net import BinaryUnit, LoweredNet, RealConv, RPReLU
 from edgesplit.errors import BackendUnavailable, ExportError
-from edgesplit.preprocess import Preprocess
+from edgesplit.preprocess import PIXEL_SCALE, Preprocess, normalization
 from edgesplit.registry import create
 
 
@@ -93,13 +93,13 @@ def _rprelu(g: _Graph, x: str, act: RPReLU | None) -> str:
 
 
 def _normalized(g: _Graph, image: str, spec: Preprocess) -> str:
-    """uint8 NHWC -> float NCHW with the spec's mean/std: the arithmetic of ``export._graphs._Normalize`` (cast
-    before transpose, so no uint8 tensor flows between ops: TensorRT takes UINT8 only at network inputs)."""
-    per = (1, 3, 1, 1)
+    """uint8 NHWC -> float NCHW: the steps and constants of ``edgesplit.preprocess.normalization`` (cast before
+    transpose, so no uint8 tensor flows between ops: TensorRT takes UINT8 only at network inputs)."""
+    mean, std = normalization(spec)
     x = g.op("Transpose", [g.op("Cast", [image], to=1)], perm=[0, 3, 1, 2])  # to=1: FLOAT
-    x = g.op("Div", [x, g.const(255.0)])
-    x = g.op("Sub", [x, g.const(np.asarray(spec.mean, np.float32).reshape(per), "mean")])
-    return g.op("Div", [x, g.const(np.asarray(spec.std, np.float32).reshape(per), "std")])
+    x = g.op("Div", [x, g.const(PIXEL_SCALE)])
+    x = g.op("Sub", [x, g.const(mean, "mean")])
+    return g.op("Div", [x, g.const(std, "std")])
 
 
 def export_binary_onnx(model: nn.Module | LoweredNet, path: str | Path, *, opset: int = OPSET,

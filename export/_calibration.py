@@ -11,8 +11,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from edgesplit._checks import positive_int
 from edgesplit.data import IMAGE_EXTENSIONS, ImageFolder
-from edgesplit.errors import ConfigError, DataError
+from edgesplit.errors import DataError
 from edgesplit.preprocess import Preprocess, eval_crop
 
 __all__ = ["Calibration", "calibration_images", "synthetic_images"]
@@ -54,8 +55,7 @@ def _pick(count: int, n: int, seed: int) -> np.ndarray:
 def calibration_images(calib: str | Path | None, spec: Preprocess, labels: Sequence[str], n: int,
                        seed: int = 0) -> Calibration:
     """``n`` images from ``calib`` (a seeded subset when it holds more), or ``n`` synthetic images."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"calib_images must be a positive integer, got {n!r}")
+    positive_int(n, "calib_images")
     if calib is None:
         return Calibration(synthetic_images(n, spec.size, seed), None, "synthetic images")
     root = Path(calib)

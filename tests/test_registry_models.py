@@ -1,5 +1,5 @@
-"""Every registered student and loss, read from the registry: builds, runs forward and backward on a tiny input, and
-gives gradients. A new registration is tested here with no new test code (tiny sizes only)."""
+"""Every registered student, loss and bottleneck, read from the registry: builds, runs forward and backward on a tiny
+input, and gives gradients. A new registration is tested here with no new test code (tiny sizes only)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="students and losses need torch (pip install edgesplit[train])")
@@ -189,3 +190,29 @@ def test_the_registry_lists_what_these_tests_cover() -> None:
     """Guards the parametrization itself: an empty registry would make every test above vanish silently."""
     assert {"ce", "kd"} <= set(LOSSES)
     assert any(name == "entropic" for _, name in STUDENTS)
+
+
+BOTTLENECKS = registry.available("bottleneck")
+
+
+@pytest.mark.parametrize("name", BOTTLENECKS)
+def test_bottleneck_trains_and_its_tables_code_its_symbols(name: str) -> None:
+    torch.manual_seed(0)
+    channels = 4
+    bottleneck = registry.create("bottleneck", name, channels=channels).train()
+    y = torch.randn(2, channels, 5, 6, requires_grad=True) * 3
+    y_hat, likelihoods = bottleneck(y)
+    assert y_hat.shape == y.shape and likelihoods.shape == y.shape
+    assert bool(((likelihoods > 0) & (likelihoods <= 1)).all())
+    (-torch.log2(likelihoods).sum() + bottleneck.aux_loss()).backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in bottleneck.parameters())
+    bottleneck.eval()
+    with torch.no_grad():
+        symbols = bottleneck.quantize_symbols(y)
+        assert symbols.dtype == torch.int32
+        assert float((bottleneck.dequantize(symbols) - y).abs().max()) <= 0.5 + 1e-5  # rounding, nothing more
+        codec = bottleneck.tables()
+    for image in symbols.numpy():
+        payload = codec.encode(image)
+        assert 0 < len(payload) < image.size * 4  # coded, and smaller than the raw int32 symbols
+        np.testing.assert_array_equal(codec.decode(payload, image.shape), image)

@@ -90,7 +90,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     sp = subparsers.add_parser(
         "publish", help="publish a finished run: fp16 weights, recipe and log, top-1 re-measured from the file",
         description="Write a finished run's model as DEST/NAME.safetensors (fp16; float32 for quantized and binary "
-                    "students), its recipe and log beside it, and re-measure top-1 on the run's held-out split. A "
+                    "students), its recipe and log beside it, and re-measure top-1 on the run's held-out validation images. A "
                     "staged run (plan.json) publishes each sweep point's last stage as NAME_<value> (or NAME with {value} "
                     "replaced; dots in the value become p).")
     sp.add_argument("run", help="run directory written by edgesplit train")

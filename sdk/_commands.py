@@ -149,13 +149,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("predict", help="top-k labels of images with a checkpoint or a bundle",
+    sp = sub.add_parser("predict", help="top-k classes of images with a checkpoint or a bundle",
                         description="One row per image: the top-k class names with their probabilities. A split "
                                     "model goes image -> payload bytes -> prediction in this process and shows the "
                                     "payload size.")
     sp.add_argument("target", help="checkpoint (.safetensors) or bundle directory")
     sp.add_argument("images", help="an image file, or a directory of images (sub-folders included)")
-    sp.add_argument("--top-k", type=positive_int, default=3, help="labels per image (default 3)")
+    sp.add_argument("--top-k", type=positive_int, default=3, help="classes per image (default 3)")
     sp.add_argument("--backend", default="onnxruntime", help="bundles: onnxruntime, openvino or tensorrt")
     sp.add_argument("--device", default="cpu", help="bundles: e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
     sp.add_argument("--threads", type=positive_int, help="bundles: intra-op threads of the backend")

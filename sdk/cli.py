@@ -146,7 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--label-names", metavar="FILE",
                     help="YAML mapping of class id to display name, stored in model.safetensors next to the ids")
     sp.add_argument("--no-report", action="store_true",
-                    help="skip the report (summary, report.png, confusion matrix of the validation split)")
+                    help="skip the report (summary, report.png, confusion matrix of the held-out validation images)")
     sp.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     sp.set_defaults(func=_cmd_train)
 

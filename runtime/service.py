@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,10 +18,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
-from edgesplit._checks import is_int, positive_int
+from edgesplit._checks import positive_int
 from edgesplit.bitstream import Frame
 from edgesplit.errors import BitstreamError, ConfigError, EdgesplitError, InferenceError
 
+from ._metrics import Metrics
+from ._uvicorn import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT_S, BackgroundServer,
+                       uvicorn_config)
 from .device import Prediction
 from .server import ForeignPayloadError, ServerDecoder
 
@@ -33,94 +34,6 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_HEADER_BYTES", "DEFAULT_READ_T
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # request line and headers; larger gets 431
-DEFAULT_READ_TIMEOUT_S = 10.0  # for the headers, and again for the body, of one request; slower gets 408
-DEFAULT_MAX_CONNECTIONS = 512  # open connections; a request beyond them gets 503
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-# --------------------------------------------------------------------------------------------------------
-# metrics (Prometheus text exposition, written by hand: no client library needed)
-# --------------------------------------------------------------------------------------------------------
-
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[int(np.searchsorted(self.buckets, value, side="left"))] += 1
-        self.sum += value
-        self.count += 1
-
-    def render(self, name: str, help_text: str) -> list[str]:
-        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        running = 0
-        for bound, n in zip(self.buckets, self.counts):
-            running += n
-            lines.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        lines += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.sum:.6f}",
-                  f"{name}_count {self.count}"]
-        return lines
-
-
-def _label(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class Metrics:
-    """Counters and histograms of the service, thread-safe; ``render()`` gives Prometheus text."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[int, int] = {}
-        self.errors: dict[str, int] = {}
-        self.latency = _Histogram(LATENCY_BUCKETS)
-        self.batch_size = _Histogram(tuple(float(b) for b in BATCH_BUCKETS))
-        self.in_flight = 0
-        self.decoding = 0  # requests whose payload arrived and was checked: queued, in a batch, or being answered
-        self.max_batch_seen = 0
-
-    def request_done(self, status: int, seconds: float, error: str | None) -> None:
-        with self._lock:
-            self.requests[status] = self.requests.get(status, 0) + 1
-            if error is not None:
-                self.errors[error] = self.errors.get(error, 0) + 1
-            self.latency.observe(seconds)
-
-    def batch_done(self, size: int) -> None:
-        with self._lock:
-            self.batch_size.observe(float(size))
-            self.max_batch_seen = max(self.max_batch_seen, size)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Plain numbers, for tests and benchmarks."""
-        with self._lock:
-            return {"requests": dict(self.requests), "errors": dict(self.errors), "batches": self.batch_size.count,
-                    "batched_payloads": int(self.batch_size.sum), "max_batch_seen": self.max_batch_seen}
-
-    def render(self, info: dict[str, Any], queue_depth: int) -> str:
-        with self._lock:
-            labels = ",".join(f'{k}="{_label(v)}"' for k, v in info.items())
-            lines = ["# HELP edgesplit_info The bundle and backend this server runs.", "# TYPE edgesplit_info gauge",
-                     f"edgesplit_info{{{labels}}} 1",
-                     "# HELP edgesplit_requests_total Decode requests by HTTP status.",
-                     "# TYPE edgesplit_requests_total counter"]
-            lines += [f'edgesplit_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
-            lines += ["# HELP edgesplit_errors_total Failed decode requests by kind.",
-                      "# TYPE edgesplit_errors_total counter"]
-            lines += [f'edgesplit_errors_total{{kind="{_label(k)}"}} {n}' for k, n in sorted(self.errors.items())]
-            lines += self.batch_size.render("edgesplit_batch_size", "Payloads per decoder-graph call.")
-            lines += self.latency.render("edgesplit_request_duration_seconds",
-                                         "Time from request to response of POST /v1/decode.")
-            lines += ["# HELP edgesplit_in_flight_requests Decode requests being handled.",
-                      "# TYPE edgesplit_in_flight_requests gauge", f"edgesplit_in_flight_requests {self.in_flight}",
-                      "# HELP edgesplit_queue_depth Checked payloads waiting for a batch.",
-                      "# TYPE edgesplit_queue_depth gauge", f"edgesplit_queue_depth {queue_depth}"]
-        return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -489,152 +402,3 @@ def create_app(decoder: ServerDecoder, *, max_body_bytes: int = DEFAULT_MAX_BODY
     app.add_route("/metrics", metrics_endpoint, methods=["GET"])
     app.state.metrics, app.state.batcher, app.state.service = metrics, batcher, service
     return app
-
-
-# --------------------------------------------------------------------------------------------------------
-# the server: uvicorn's h11 protocol with header limits, a connection limit
-# --------------------------------------------------------------------------------------------------------
-
-def _plain_response(status: int, reason: str, text: str) -> bytes:
-    body = (text + "\n").encode("ascii")
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode("ascii") + body
-
-
-def _guarded_protocol(max_header_bytes: int, header_timeout: float) -> type:
-    """uvicorn's h11 protocol, plus: the request line and headers must fit in ``max_header_bytes`` (else 431) and
-    arrive within ``header_timeout`` seconds of the connection or of the previous response (else 408)."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._head_bytes = 0
-            self._head_tail = b""
-            self._head_timer: asyncio.TimerHandle | None = None
-            self._awaiting_head = True
-            self._arm_head_timer()
-
-        def _arm_head_timer(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
-
-        def _disarm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _refuse(self, status: int, reason: str, text: str) -> None:
-            self._disarm_head_timer()
-            self._awaiting_head = False
-            if not self.transport.is_closing():
-                self.transport.write(_plain_response(status, reason, text))
-                self.transport.close()
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self._awaiting_head and (self.cycle is None or self.cycle.response_complete):
-                log.info("closing a connection whose request headers did not arrive within %gs", header_timeout)
-                self._refuse(408, "Request Timeout", f"the request headers did not arrive within "
-                                                     f"{header_timeout:g} s")
-
-        def data_received(self, data: bytes) -> None:
-            if self._awaiting_head:
-                window = self._head_tail + data
-                end = window.find(b"\r\n\r\n")
-                used = self._head_bytes + (end + 4 - len(self._head_tail) if end >= 0 else len(data))
-                if used > max_header_bytes:
-                    log.info("refusing a request with more than %d bytes of headers", max_header_bytes)
-                    self._refuse(431, "Request Header Fields Too Large",
-                                 f"the request line and headers are over the limit of {max_header_bytes} bytes")
-                    return
-                if end >= 0:
-                    self._awaiting_head = False
-                    self._disarm_head_timer()
-                else:
-                    self._head_bytes = used
-                    self._head_tail = window[-3:]
-            super().data_received(data)
-
-        def on_response_complete(self) -> None:
-            body_unread = self.conn.their_state is not h11.DONE  # read before uvicorn starts the next cycle
-            super().on_response_complete()
-            if self.transport.is_closing():
-                return
-            if body_unread:
-                # the answer came before the whole body (413): what the client still sends is that body, not the
-                # next request's headers, so this connection ends here (the client retries on a new one)
-                self.transport.close()
-                return
-            # the next request on this connection gets its own limits
-            self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
-            self._arm_head_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_head_timer()
-            super().connection_lost(exc)
-
-    return GuardedH11Protocol
-
-
-def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
-                   graceful_timeout: float = 30.0, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                   read_timeout: float = DEFAULT_READ_TIMEOUT_S,
-                   max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Any:
-    """The ``uvicorn.Config`` that ``edgesplit serve`` runs ``app`` with: headers capped at ``max_header_bytes``
-    (431) and due within ``read_timeout`` (408), at most ``max_connections`` connections at once (503 beyond)."""
-    import uvicorn
-
-    positive_int(max_connections, "max_connections")
-    if not is_int(max_header_bytes) or max_header_bytes < 256 or not read_timeout > 0:
-        raise ConfigError(f"max_header_bytes ({max_header_bytes!r}) must be an integer >= 256 and read_timeout "
-                          f"({read_timeout!r}) > 0 seconds")
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                          timeout_graceful_shutdown=graceful_timeout,
-                          http=_guarded_protocol(max_header_bytes, read_timeout),
-                          h11_max_incomplete_event_size=max_header_bytes + 1024,
-                          limit_concurrency=max_connections)
-
-
-class BackgroundServer:
-    """uvicorn serving ``app`` on a thread (tests, benchmarks, notebooks), configured as ``edgesplit serve`` runs it
-    (``limits``: ``uvicorn_config``'s); ``stop()`` shuts down gracefully."""
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, graceful_timeout: float = 30.0,
-                 log_level: str = "warning", **limits: Any) -> None:
-        import uvicorn
-
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn_config(app, host=self.host, port=self.port, log_level=log_level,
-                                graceful_timeout=graceful_timeout, **limits)
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
-                                        name="edgesplit-uvicorn", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> "BackgroundServer":
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise EdgesplitError(f"uvicorn did not start on {self.url} (see its log above)")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting connections, let requests in flight finish, drain the batcher, join the thread."""
-        self.server.should_exit = True
-        self._thread.join(timeout)
-
-    def __enter__(self) -> "BackgroundServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

@@ -85,7 +85,7 @@ def load(path: str | Path, *, eval_mode: bool = True) -> Any:
             loader(state)
         else:
             model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, CheckpointError) as exc:  # torch's load_state_dict raises RuntimeError
         raise CheckpointError(f"{path}: weights do not fit model {info['model']['name']!r}: {exc}") from exc
     model.edgesplit_info = info
     return model.eval() if eval_mode else model

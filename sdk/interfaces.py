@@ -32,7 +32,7 @@ class EntropyCodec(Protocol):
     (values outside a table's support included); ``len(encode(s))`` stays within 1% of ``information_bits(s) / 8``
     plus a small constant; the bytes depend only on the tables and ``s`` (identical in every process).
     ``to_arrays()`` returns plain numeric arrays (``np.savez``-able without pickle) from which ``from_arrays``
-    rebuilds a codec that produces the same bytes; ``codec_id`` names the payload layout, and a bitstream frame
+    rebuilds a codec that produces the same bytes; ``codec_id`` names the layout of the coded body, and a bitstream frame
     carries it.
     """
 
@@ -44,7 +44,7 @@ class EntropyCodec(Protocol):
 
     def encode(self, symbols: Any) -> bytes: ...
 
-    def decode(self, payload: bytes, shape: tuple[int, ...]) -> Any: ...
+    def decode(self, body: bytes, shape: tuple[int, ...]) -> Any: ...
 
     def information_bits(self, symbols: Any) -> float: ...
 

@@ -313,9 +313,9 @@ def test_checkpoint_round_trip_without_the_tail(teacher_path: Path, tmp_path: Pa
     np.testing.assert_array_equal(again.codec().to_arrays()["weights"], s.codec().to_arrays()["weights"])
 
     state = s.checkpoint_state_dict()
-    with pytest.raises(RuntimeError, match="missing"):
+    with pytest.raises(CheckpointError, match="missing"):
         again.load_checkpoint_state_dict({k: v for k, v in state.items() if not k.startswith("decoder.conv0")})
-    with pytest.raises(RuntimeError, match="unexpected"):
+    with pytest.raises(CheckpointError, match="unexpected"):
         again.load_checkpoint_state_dict({**state, **{f"tail.{k}": v for k, v in s.tail.state_dict().items()}})
     bad = tmp_path / "bad.safetensors"
     save_checkpoint(s.decoder, bad, model_config={"kind": "student", "name": "entropic", "params": s.recipe_params},

@@ -18,7 +18,7 @@ from edgesplit._checks import positive_int
 from edgesplit.bundle import sha256_file
 from edgesplit.checkpoint import load
 from edgesplit.codec import FactorizedCodec
-from edgesplit.errors import ConfigError
+from edgesplit.errors import CheckpointError, ConfigError
 from edgesplit.interfaces import Teacher
 from edgesplit.plugins.backbones import count_macs
 from edgesplit.registry import create, register
@@ -199,11 +199,11 @@ class SplitStudent(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("tail.") or k.startswith(tuned)}
 
     def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load :meth:`checkpoint_state_dict` output strictly (a missing or unexpected key is a RuntimeError)."""
+        """Load :meth:`checkpoint_state_dict` output strictly (a missing or unexpected key is a CheckpointError)."""
         expected = set(self.checkpoint_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise RuntimeError(f"student weights do not match: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+            raise CheckpointError(f"student weights do not match: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
                                f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
                                " (tail weights come from the teacher checkpoint, except the recipe's tune_tail "
                                "stages)")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesplit.errors import ConfigError, PluginError
+from edgesplit.errors import CheckpointError, ConfigError, PluginError
 from edgesplit.registry import create, register
 from edgesplit.plugins.backbones import Backbone
 from edgesplit.plugins.backbones.resnet import build_resnet_body, resnet_channels
@@ -302,10 +302,10 @@ class BinaryConv2d(nn.Conv2d):
         BiPer), so ``binary_weight()`` and ``channel_scale()`` equal the packed ones exactly."""
         shape = tuple(int(s) for s in weight_shape.tolist())
         if shape != tuple(self.weight.shape):
-            raise RuntimeError(f"packed binary weights of shape {shape} do not fit a layer of shape "
+            raise CheckpointError(f"packed binary weights of shape {shape} do not fit a layer of shape "
                                f"{tuple(self.weight.shape)}")
         if weight_scale.shape != (self.out_channels,):
-            raise RuntimeError(f"packed scale of shape {tuple(weight_scale.shape)}, expected ({self.out_channels},)")
+            raise CheckpointError(f"packed scale of shape {tuple(weight_scale.shape)}, expected ({self.out_channels},)")
         signs = unpack_signs(weight_bits, shape).to(self.weight.dtype)
         scale = weight_scale.to(self.weight.dtype)
         magnitude = scale.abs().view(-1, 1, 1, 1) if self.scale is not None else scale.view(-1, 1, 1, 1)
@@ -435,7 +435,7 @@ class BinaryResNet(Backbone):
             return
         if len(packed_names) != len(layers):
             missing = sorted(set(layers) - set(packed_names))
-            raise RuntimeError(f"packed checkpoint lacks the binary layers {missing}")
+            raise CheckpointError(f"packed checkpoint lacks the binary layers {missing}")
         for name in packed_names:
             layers[name].load_packed(*(state.pop(f"{name}.{k}") for k in ("weight_bits", "weight_shape",
                                                                           "weight_scale")))
@@ -443,7 +443,7 @@ class BinaryResNet(Backbone):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if k not in expected_absent]
         if missing or unexpected:
-            raise RuntimeError(f"packed checkpoint: missing keys {missing}, unexpected keys {unexpected}")
+            raise CheckpointError(f"packed checkpoint: missing keys {missing}, unexpected keys {unexpected}")
 
 
 def binary_layers(model: nn.Module) -> dict[str, BinaryConv2d]:

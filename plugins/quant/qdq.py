@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from edgesplit.errors import ConfigError
+
 __all__ = ["fake_quant", "INT8_RANGES"]
 
 # (qmin, qmax) that a Q/DQ pair can express: int8 (zero point 0) and uint8 (zero point 0). TensorRT takes int8 only.
@@ -37,7 +39,7 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, *, axis: int = 1, qmin: int
     """``clamp(round(x / scale), qmin, qmax) * scale`` with zero point 0 (ties to even, like ONNX); ``scale`` has one
     element (per tensor) or one per index of ``axis`` (per channel). Exports as QuantizeLinear + DequantizeLinear."""
     if (qmin, qmax) not in INT8_RANGES:
-        raise ValueError(f"fake_quant exports only the ranges {INT8_RANGES}, got ({qmin}, {qmax})")
+        raise ConfigError(f"fake_quant exports only the ranges {INT8_RANGES}, got ({qmin}, {qmax})")
     scale = scale.to(torch.float32)
     if scale.numel() == 1:
         scale = scale.reshape(())  # a scalar scale is per-tensor Q/DQ in ONNX

@@ -25,15 +25,15 @@ BATCH_SIZE = 32
 
 
 def select_indices(dataset: ImageFolder, bundle: Bundle, split: str, limit: int | None) -> np.ndarray:
-    """All images (``split='all'``), or the held-out part of the training split recorded in the manifest
-    (``'val'``, from ``train_split``); ``limit`` keeps the seeded subset ``edgesplit eval`` picks for a checkpoint."""
+    """All images (``split='all'``), or the held-out images the checkpoint was trained without (``'val'``, from the
+    manifest's ``train_split``); ``limit`` keeps the seeded subset ``edgesplit eval`` picks for a checkpoint."""
     if split != "val":
         return subset_indices(dataset.labels, split, val_fraction=0.0, seed=0, limit=limit)
     info = bundle.manifest.get("train_split")
     if not isinstance(info, dict) or "val_fraction" not in info or "seed" not in info:
-        raise ConfigError(f"{bundle.path}: --subset val needs the training split recorded in the manifest "
-                          "('train_split: {val_fraction, seed}'); this bundle has none. Use --subset all on a "
-                          "held-out directory, or re-export from a checkpoint that records its split")
+        raise ConfigError(f"{bundle.path}: --subset val needs the held-out images of training recorded in the "
+                          "manifest ('train_split: {val_fraction, seed}'); this bundle has none. Use --subset all on a "
+                          "held-out directory, or re-export from a checkpoint that records them")
     return subset_indices(dataset.labels, split, val_fraction=float(info["val_fraction"]), seed=int(info["seed"]),
                           limit=limit)
 
@@ -50,7 +50,7 @@ def evaluate_bundle(bundle_dir: str | Path, data_dir: str | Path, backend: str =
     dataset = ImageFolder(data_dir, classes=bundle.labels)
     idx = select_indices(dataset, bundle, split, limit)
     if len(idx) == 0:
-        raise DataError(f"{data_dir}: no images selected (split {split!r})")
+        raise DataError(f"{data_dir}: no images selected (--subset {split})")
     paths = [dataset.samples[int(i)].path for i in idx]
     truth = np.asarray([dataset.samples[int(i)].label for i in idx])
     start = time.perf_counter()

@@ -247,7 +247,7 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
             if own is None:
                 split_ckpt = _weights(spec, "split_student")
                 say(f"exporting {split_ckpt.name} (ONNX + OpenVINO) ...")
-                split = export_checkpoint(split_ckpt, work / "split", formats=("onnx", "openvino"),
+                split = export_checkpoint(split_ckpt, work / "split", backends=("onnxruntime", "openvino"),
                                           calib=images_dir if labelled_dir else None, calib_images=8,
                                           progress=lambda s: say(f"  {s}"), label_names=_names_file())
             else:
@@ -270,7 +270,7 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
             full_ckpt = _weights(spec, "full_student")
             precision = spec.get("full_student_precision", "int8")
             say(f"exporting full student {full_ckpt.name} at {precision} (OpenVINO) ...")
-            fb = export_checkpoint(full_ckpt, work / "full", formats=("openvino",), precision=precision,
+            fb = export_checkpoint(full_ckpt, work / "full", backends=("openvino",), precision=precision,
                                    calib=images_dir if labelled_dir else None, calib_images=len(images),
                                    progress=lambda s: say(f"  {s}"), label_names=_names_file())
             result["full_student"] = full = _full_part(fb, images, say)

@@ -1,13 +1,13 @@
 """Rate-accuracy benchmark: Entropic Students (one per beta) against the teacher on JPEG, WebP, AVIF, JPEG XL and raw
 inputs.
 
-    python bench/rd.py --data DATASET_DIR [--split val] [--students samples/weights/entropic_*.safetensors]
+    python bench/rd.py --data DATASET_DIR [--subset val] [--students samples/weights/entropic_*.safetensors]
                        [--reuse bench/results/rd.json] --overwrite
 
 Every point runs the real path (`edgesplit eval`): students through symbols -> FactorizedCodec -> bitstream ->
 decode; the teacher on each image after encoding it with Pillow at each quality (settings: CODEC_OPTIONS in
 edgesplit.train.evaluate). `--reuse FILE` takes input-codec points already measured there for the same teacher
-file, split and limit instead of encoding again. Writes bench/results/rd.json, bench/rd.png and prints the markdown
+file, subset and limit instead of encoding again. Writes bench/results/rd.json, bench/rd.png and prints the markdown
 table for bench/BENCHMARKS.md. The comparison for each student is the smallest mean size among the four codecs that
 reaches its top-1, interpolated in log-bytes between measured qualities.
 """
@@ -20,6 +20,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from edgesplit._commands import RenamedFlag
 
 REPO = Path(__file__).resolve().parents[1]
 # 1 and 2 reach below WebP q5 (~800 B at 128 px), where the students are; AVIF and JPEG XL bottom out near 560 and
@@ -56,12 +58,13 @@ def beta_of(checkpoint: str) -> float:
     return float(token.replace("p", "."))
 
 
-def _reusable(path: str | None, teacher_sha: str, split: str, limit: int | None) -> dict[tuple[str, int], dict]:
+def _reusable(path: str | None, teacher_sha: str, subset: str, limit: int | None) -> dict[tuple[str, int], dict]:
     if not path or not Path(path).is_file():
         return {}
     old = json.loads(Path(path).read_text())
-    if old.get("teacher_sha256") != teacher_sha or old.get("split") != split or old.get("limit") != limit:
-        print(f"--reuse {path}: another teacher, split or limit; measuring everything", file=sys.stderr)
+    old_subset = old.get("subset", old.get("split"))  # results written before the flag was --subset
+    if old.get("teacher_sha256") != teacher_sha or old_subset != subset or old.get("limit") != limit:
+        print(f"--reuse {path}: another teacher, subset or limit; measuring everything", file=sys.stderr)
         return {}
     from edgesplit.train.evaluate import CODEC_OPTIONS
 
@@ -71,13 +74,13 @@ def _reusable(path: str | None, teacher_sha: str, split: str, limit: int | None)
 
 
 def avif_speed_check(data: str, teacher: str) -> list[dict]:
-    """AVIF's bytes and top-1 at several encoder speeds on the first images of the validation split."""
+    """AVIF's bytes and top-1 at several encoder speeds on the first images of the held-out validation subset."""
     from edgesplit.train.evaluate import CODEC_OPTIONS, evaluate_checkpoint
 
     rows = []
     for q in AVIF_SPEED_CHECK["qualities"]:
         for speed in AVIF_SPEED_CHECK["speeds"]:
-            r = evaluate_checkpoint(teacher, data, split="val", limit=AVIF_SPEED_CHECK["images"], input_codec="avif",
+            r = evaluate_checkpoint(teacher, data, subset="val", limit=AVIF_SPEED_CHECK["images"], input_codec="avif",
                                     quality=q, codec_options={"speed": speed})
             rows.append({"quality": q, "speed": speed, "mean_bytes": r["mean_input_bytes"], "top1": r["top1"],
                          "seconds": r["seconds"], "images": r["images"], "used": speed == CODEC_OPTIONS["avif"]["speed"]})
@@ -86,16 +89,16 @@ def avif_speed_check(data: str, teacher: str) -> list[dict]:
     return rows
 
 
-def run(data: str, split: str, students: list[str], teacher: str, limit: int | None,
+def run(data: str, subset: str, students: list[str], teacher: str, limit: int | None,
         reuse: str | None = None) -> dict:
-    from edgesplit.plugins.entropic import file_sha256
+    from edgesplit.bundle import sha256_file as file_sha256
     from edgesplit.train import read_metadata
     from edgesplit.train.evaluate import CODEC_OPTIONS, evaluate_checkpoint
 
     teacher_sha = file_sha256(teacher)
-    cached = _reusable(reuse, teacher_sha, split, limit)
+    cached = _reusable(reuse, teacher_sha, subset, limit)
     points: list[dict] = []
-    raw = evaluate_checkpoint(teacher, data, split=split, limit=limit)
+    raw = evaluate_checkpoint(teacher, data, subset=subset, limit=limit)
     size = raw_size = None
     size = read_metadata(teacher)["preprocess"]["size"]
     raw_size = size * size * 3
@@ -107,13 +110,13 @@ def run(data: str, split: str, students: list[str], teacher: str, limit: int | N
             if (method, q) in cached:
                 points.append(cached[(method, q)])
                 continue
-            r = evaluate_checkpoint(teacher, data, split=split, limit=limit, input_codec=method, quality=q)
+            r = evaluate_checkpoint(teacher, data, subset=subset, limit=limit, input_codec=method, quality=q)
             points.append({"method": method, "param": q, "top1": r["top1"], "mean_bytes": r["mean_input_bytes"],
                            "images": r["images"], "checkpoint": teacher, "options": CODEC_OPTIONS[method]})
             print(f"{method} q={q}: top1 {r['top1']:.4f}, {r['mean_input_bytes']:.0f} B", file=sys.stderr)
     for ckpt in students:
         beta = beta_of(ckpt)
-        r = evaluate_checkpoint(ckpt, data, split=split, limit=limit)
+        r = evaluate_checkpoint(ckpt, data, subset=subset, limit=limit)
         points.append({"method": "entropic", "param": beta, "top1": r["top1"], "mean_bytes": r["mean_payload_bytes"],
                        "mean_information_bytes": r["mean_information_bytes"], "images": r["images"],
                        "checkpoint": ckpt, "latent_shape": r["latent_shape"]})
@@ -125,11 +128,11 @@ def run(data: str, split: str, students: list[str], teacher: str, limit: int | N
             p["iso_accuracy_baseline_bytes"] = min(best)[0] if best else None
             p["iso_accuracy_codec"] = min(best)[1] if best else None
             p["bytes_ratio_vs_baseline"] = (p["mean_bytes"] / min(best)[0]) if best else None
-    return {"data": data, "split": split, "limit": limit, "teacher": teacher,
+    return {"data": data, "subset": subset, "limit": limit, "teacher": teacher,
             "teacher_sha256": teacher_sha,  # which teacher the baselines belong to
             "codec_options": CODEC_OPTIONS,
             "image_size": size, "points": points,
-            "command": f"python bench/rd.py --data {data} --split {split}"}
+            "command": f"python bench/rd.py --data {data} --subset {subset}"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -161,7 +164,8 @@ def plot(result: dict, path: Path) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("bytes per image (log)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"Rate vs accuracy, Imagenette {result['split']} split, {result['image_size']} px")
+    subset = result.get("subset", result.get("split"))
+    ax.set_title(f"Rate vs accuracy, Imagenette {subset} subset, {result['image_size']} px")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -195,18 +199,20 @@ def _repo_relative(path: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--split", default="val", choices=["val", "all"])
+    ap.add_argument("--subset", default="val", choices=["val", "all"])
+    ap.add_argument("--split", dest="subset", choices=["val", "all"], action=RenamedFlag, new="--subset",
+                    help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--teacher", default=str(REPO / "samples/weights/teacher_resnet18.safetensors"))
     ap.add_argument("--students", nargs="*", default=sorted(glob.glob(str(REPO / "samples/weights/entropic_*.safetensors"))))
     ap.add_argument("--out", default=str(REPO / "bench/results/rd.json"))
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out (a committed result)")
-    ap.add_argument("--reuse", help="take input-codec points from this earlier rd.json (same teacher, split, limit)")
+    ap.add_argument("--reuse", help="take input-codec points from this earlier rd.json (same teacher, subset, limit)")
     ap.add_argument("--avif-speed-check", action="store_true", help="also measure AVIF at encoder speeds 0/2/4")
     args = ap.parse_args()
     if Path(args.out).exists() and not args.overwrite:
         ap.error(f"{args.out} exists (a committed result); pass --overwrite to replace it, or --out elsewhere")
-    result = run(args.data, args.split, args.students, args.teacher, args.limit, reuse=args.reuse)
+    result = run(args.data, args.subset, args.students, args.teacher, args.limit, reuse=args.reuse)
     if args.avif_speed_check:
         result["avif_speed_check"] = avif_speed_check(args.data, args.teacher)
     result["command"] = "python bench/rd.py " + " ".join(sys.argv[1:])

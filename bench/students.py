@@ -1,9 +1,9 @@
 """Quantized and binarized students: accuracy, size and speed per variant -> bench/results/students.json.
 
-    python bench/students.py --data ../shared/datasets/imagenette2-160/train --split val --threads 2
+    python bench/students.py --data ../shared/datasets/imagenette2-160/train --subset val --threads 2
 
 For each committed student (samples/weights/student_*.safetensors, made by configs/student_*.yaml):
-  * top-1 on the held-out split through ``edgesplit eval`` on the checkpoint (torch),
+  * top-1 on the held-out validation subset through ``edgesplit eval`` on the checkpoint (torch),
   * parameters, MACs at the input size, bytes on disk of the checkpoint (fp16 or packed 1-bit) and, for binary
     students, the binary layers' weight storage packed vs float32,
   * an exported bundle (fp32 for the float student, int8 from the model's own Q/DQ for the QAT students, 1-bit for
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgesplit._commands import RenamedFlag
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +115,7 @@ def binary_kernel(model: Any, size: int, threads: int, runs: int) -> dict[str, A
     return out
 
 
-def measure(variant: tuple, data: str, split: str, threads: int, runs: int, calib: str, limit: int | None
+def measure(variant: tuple, data: str, subset: str, threads: int, runs: int, calib: str, limit: int | None
             ) -> dict[str, Any]:
     import torch
 
@@ -148,13 +150,13 @@ def measure(variant: tuple, data: str, split: str, threads: int, runs: int, cali
         entry["binary_layers"] = {"layers": len(layers), "weights": n, "fp32_bytes": 4 * n, "packed_bytes": packed,
                                   "compression": 4 * n / packed}
     t0 = time.time()
-    ev = evaluate_checkpoint(ckpt, data, split=split, limit=limit)
+    ev = evaluate_checkpoint(ckpt, data, subset=subset, limit=limit)
     entry.update(top1=ev["top1"], images=ev["images"], eval_s=round(time.time() - t0, 1))
     print(f"[{name}] top-1 {ev['top1']:.4f} on {ev['images']} images", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="edgesplit-students-") as tmp:
         out = Path(tmp) / f"{name}.bundle"
-        bundle = export_checkpoint(ckpt, out, formats="onnx,openvino", precision=precision, calib=calib,
+        bundle = export_checkpoint(ckpt, out, backends="onnxruntime,openvino", precision=precision, calib=calib,
                                    calib_images=20, threads=threads)
         report = json.loads((out / "export_report.json").read_text())
         entry["bundle"] = {"precision": precision,
@@ -203,8 +205,10 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="ImageFolder the students were trained on (its held-out split is used)")
-    ap.add_argument("--split", default="val", choices=["val", "all"])
+    ap.add_argument("--data", help="ImageFolder the students were trained on (its held-out validation subset is used)")
+    ap.add_argument("--subset", default="val", choices=["val", "all"])
+    ap.add_argument("--split", dest="subset", choices=["val", "all"], action=RenamedFlag, new="--subset",
+                    help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=200, help="timed runs per latency (median)")
@@ -233,10 +237,10 @@ def main() -> int:
     kept = {e["variant"]: e for e in previous.get("variants", [])}
     for v in VARIANTS:
         if v[0] in wanted:
-            kept[v[0]] = measure(v, args.data, args.split, args.threads, args.runs, args.calib, args.limit)
+            kept[v[0]] = measure(v, args.data, args.subset, args.threads, args.runs, args.calib, args.limit)
     results = {
         "command": "python bench/students.py " + " ".join(sys.argv[1:]),
-        "cpu": _cpu_name(), "threads": args.threads, "split": args.split,
+        "cpu": _cpu_name(), "threads": args.threads, "subset": args.subset,
         "variants": [kept[v[0]] for v in VARIANTS if v[0] in kept],
     }
     tmp = out.with_suffix(".json.tmp")

@@ -79,7 +79,7 @@ def publish(run: str | Path, name: str, data: str, *, dest: str | Path = "sample
         shutil.copyfile(stage / "config.yaml", dest / f"{name}.{stage.name}.yaml")
         shutil.copyfile(stage / "log.jsonl", dest / f"{name}.{stage.name}.log.jsonl")
     size = info["preprocess"]["size"]
-    ev = evaluate_checkpoint(target, data, split="val")
+    ev = evaluate_checkpoint(target, data, subset="val")
     metrics = info.get("metrics", {})
     out: dict[str, Any] = {
         "name": name, "checkpoint": str(target), "config": str(dest / f"{name}.yaml"),
@@ -89,7 +89,7 @@ def publish(run: str | Path, name: str, data: str, *, dest: str | Path = "sample
         "macs": hook.macs(model, size), "input_size": size,
         "train_time_s": metrics.get("train_time_s"), "epochs": metrics.get("epochs"),
         "file_bytes": target.stat().st_size, "dtype": "float32" if dtype is None else "float16",
-        "split": metrics.get("split"),
+        "split": metrics.get("split"),  # the training run's train/val partition (val_fraction, seed)
     }
     if selection is not None:
         out["eval_resize_selection"] = selection

@@ -110,7 +110,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 raise
             raise BackendUnavailable("evaluating a checkpoint needs torch: pip install edgesplit[train] "
                                      "(or export it and evaluate the bundle directory instead)") from exc
-        result = evaluate_checkpoint(target, args.data, limit=args.limit, split=args.subset,
+        result = evaluate_checkpoint(target, args.data, limit=args.limit, subset=args.subset,
                                      input_codec=args.input_codec, quality=args.quality)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,6 +112,15 @@ def subset_indices(labels: np.ndarray, subset: str, *, val_fraction: float, seed
     if limit is not None and positive_int(limit, "limit") < len(idx):
         idx = np.sort(np.random.default_rng(0).permutation(idx)[:limit])
     return idx
+
+
+def renamed_subset(subset: str, split: str | None) -> str:
+    """``subset``, or the value of the keyword it replaced (``split=``, a word kept for split computing), with a
+    ``DeprecationWarning``."""
+    if split is None:
+        return subset
+    warnings.warn("the evaluation keyword split= is now subset=", DeprecationWarning, stacklevel=3)
+    return split
 
 
 class ImageCache:

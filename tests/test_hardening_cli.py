@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _eval_args(target: Path, **kw: object) -> argparse.Namespace:
-    base = dict(target=str(target), data="data", limit=None, split="all", input_codec="jpeg", quality=None,
+    base = dict(target=str(target), data="data", limit=None, subset="all", input_codec="jpeg", quality=None,
                 backend="onnxruntime", json=False)
     return argparse.Namespace(**{**base, **kw})
 
@@ -32,7 +32,7 @@ def test_eval_of_a_checkpoint_without_torch_names_the_extra(tmp_path: Path) -> N
     code = ("import sys, argparse; sys.modules['torch'] = None\n"
             "from edgesplit import cli\n"
             "from edgesplit.errors import EdgesplitError\n"
-            "args = argparse.Namespace(target=sys.argv[1], data='d', limit=None, split='all', input_codec=None, "
+            "args = argparse.Namespace(target=sys.argv[1], data='d', limit=None, subset='all', input_codec=None, "
             "quality=None, backend='onnxruntime', json=False)\n"
             "try:\n    cli._cmd_eval(args)\nexcept EdgesplitError as exc:\n    print(type(exc).__name__, exc)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.safetensors")], capture_output=True,

@@ -49,7 +49,7 @@ def test_train_writes_run_and_checkpoint_round_trips(image_folder: Path, tmp_pat
     from edgesplit.train.evaluate import evaluate_checkpoint
 
     # the saved checkpoint scores what training reported, on the same validation images
-    assert evaluate_checkpoint(out / "model.safetensors", image_folder, split="val")["top1"] == metrics["val_top1"]
+    assert evaluate_checkpoint(out / "model.safetensors", image_folder, subset="val")["top1"] == metrics["val_top1"]
 
 
 def test_refuses_to_overwrite_and_resumes(image_folder: Path, tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_eval_checkpoint_with_input_codec(image_folder: Path, tmp_path: Path) ->
     assert plain["images"] == 24 and "mean_input_bytes" not in plain
     jpeg = evaluate_checkpoint(out / "model.safetensors", image_folder, input_codec="jpeg", quality=50, limit=9)
     assert jpeg["images"] == 9 and 100 < jpeg["mean_input_bytes"] < 32 * 32 * 3
-    val = evaluate_checkpoint(out / "model.safetensors", image_folder, split="val")
+    val = evaluate_checkpoint(out / "model.safetensors", image_folder, subset="val")
     assert val["images"] == 6
     assert plain["top1"] >= 0.75  # one epoch on color-coded classes; chance is 1/3
     assert evaluate_checkpoint(out / "model.safetensors", image_folder)["top1"] == plain["top1"]  # deterministic

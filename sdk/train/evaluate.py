@@ -15,7 +15,7 @@ from PIL import Image
 
 from edgesplit import bitstream
 from edgesplit.bundle import sha256_file
-from edgesplit.data import ImageFolder, subset_indices
+from edgesplit.data import ImageFolder, renamed_subset, subset_indices
 from edgesplit.errors import BackendUnavailable, ConfigError, DataError
 from edgesplit.interfaces import SplitModel
 from edgesplit.preprocess import Preprocess, eval_crop
@@ -80,10 +80,11 @@ def file_fingerprint(path: str | Path) -> bytes:
     return bytes.fromhex(sha256_file(Path(path)))[:bitstream.FINGERPRINT_BYTES]
 
 
-def select_indices(dataset: ImageFolder, split: str, info: dict[str, Any], limit: int | None) -> np.ndarray:
-    """All images, or the checkpoint's own held-out split (``split='val'``); ``limit`` keeps a seeded subset."""
+def select_indices(dataset: ImageFolder, subset: str, info: dict[str, Any], limit: int | None) -> np.ndarray:
+    """All images, or the images the checkpoint's training held out (``subset='val'``); ``limit`` keeps a seeded
+    subset of those."""
     data_cfg = info.get("train_config", {}).get("data", {})
-    return subset_indices(dataset.labels, split, val_fraction=data_cfg.get("val_fraction", 0.1),
+    return subset_indices(dataset.labels, subset, val_fraction=data_cfg.get("val_fraction", 0.1),
                           seed=data_cfg.get("split_seed", 0), limit=limit)
 
 
@@ -103,18 +104,20 @@ def _batches(dataset: ImageFolder, idx: np.ndarray, spec: Preprocess, batch_size
 
 
 @torch.no_grad()
-def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None = None, split: str = "all",
+def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None = None, subset: str = "all",
                         input_codec: str | None = None, quality: int | None = None,
                         codec_options: dict[str, Any] | None = None,
-                        batch_size: int = 64) -> dict[str, Any]:
-    """Evaluate a checkpoint; split students go image by image through symbols -> codec -> bitstream -> decode."""
+                        batch_size: int = 64, split: str | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``subset`` (``all`` or ``val``) of ``data``; split students go image by image through
+    symbols -> codec -> bitstream -> decode. ``split`` is the old name of ``subset``."""
+    subset = renamed_subset(subset, split)
     if input_codec is not None and input_codec not in INPUT_CODECS:
         raise ConfigError(f"unknown input codec {input_codec!r}; choose one of {', '.join(INPUT_CODECS)}")
     model = load(path)
     info = model.edgesplit_info  # type: ignore[attr-defined]
     spec = Preprocess.from_dict(info["preprocess"])
     dataset = ImageFolder(data, classes=info["labels"])
-    idx = select_indices(dataset, split, info, limit)
+    idx = select_indices(dataset, subset, info, limit)
     if len(idx) == 0:
         raise DataError(f"{data}: no images selected")
     is_split = isinstance(model, SplitModel)
@@ -138,7 +141,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None
         correct += int((logits.argmax(1).numpy() == yb).sum())
         n += len(yb)
         input_bytes.extend(sizes)
-    result: dict[str, Any] = {"target": str(path), "data": str(data), "split": split, "images": n, "top1": correct / n,
+    result: dict[str, Any] = {"target": str(path), "data": str(data), "subset": subset, "images": n, "top1": correct / n,
                               "seconds": round(time.time() - t0, 2)}
     if input_codec is not None:
         result.update({"input_codec": input_codec, "quality": quality, "mean_input_bytes": float(np.mean(input_bytes))})

@@ -11,6 +11,8 @@ import sys
 import threading
 from typing import Any, Iterator
 
+from edgesplit._commands import positive_int
+
 __all__ = ["register_cli", "DEFAULT_BACKENDS"]
 
 DEFAULT_BACKENDS = "onnxruntime,openvino"
@@ -115,12 +117,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                     help="fp32 (default), fp16, or int8 (post-training quantization on --calib images)")
     sp.add_argument("--calib", help="ImageFolder directory of calibration/parity images (default: synthetic images)")
-    sp.add_argument("--calib-images", type=int, default=64, help="how many calibration images (default 64)")
+    sp.add_argument("--calib-images", type=positive_int, default=64, help="how many calibration images (default 64)")
     sp.add_argument("--out", help="bundle directory (default: <checkpoint>-<precision>.bundle next to the checkpoint)")
     sp.add_argument("--name", help="bundle name in the manifest (default: the checkpoint's file name)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     sp.add_argument("--no-verify", action="store_true", help="write the bundle even if a parity check fails")
-    sp.add_argument("--threads", type=int, help="CPU threads for parity and latency (default: the backends' own)")
+    sp.add_argument("--threads", type=positive_int, help="CPU threads for parity and latency (default: the backends' own)")
     sp.add_argument("--label-names", metavar="FILE",
                     help="YAML mapping of class id to display name for the manifest (default: the checkpoint's names)")
     sp.set_defaults(func=_cmd_export)

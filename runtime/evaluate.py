@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgesplit.bundle import Bundle
-from edgesplit.data import ImageFolder, subset_indices
+from edgesplit.data import ImageFolder, renamed_subset, subset_indices
 from edgesplit.errors import ConfigError, DataError
 
 from .device import DeviceEncoder, DeviceModel, as_bundle
@@ -24,33 +24,34 @@ __all__ = ["evaluate_bundle", "select_indices"]
 BATCH_SIZE = 32
 
 
-def select_indices(dataset: ImageFolder, bundle: Bundle, split: str, limit: int | None) -> np.ndarray:
-    """All images (``split='all'``), or the held-out images the checkpoint was trained without (``'val'``, from the
+def select_indices(dataset: ImageFolder, bundle: Bundle, subset: str, limit: int | None) -> np.ndarray:
+    """All images (``subset='all'``), or the held-out images the checkpoint was trained without (``'val'``, from the
     manifest's ``train_split``); ``limit`` keeps the seeded subset ``edgesplit eval`` picks for a checkpoint."""
-    if split != "val":
-        return subset_indices(dataset.labels, split, val_fraction=0.0, seed=0, limit=limit)
+    if subset != "val":
+        return subset_indices(dataset.labels, subset, val_fraction=0.0, seed=0, limit=limit)
     info = bundle.manifest.get("train_split")
     if not isinstance(info, dict) or "val_fraction" not in info or "seed" not in info:
         raise ConfigError(f"{bundle.path}: --subset val needs the held-out images of training recorded in the "
                           "manifest ('train_split: {val_fraction, seed}'); this bundle has none. Use --subset all on a "
                           "held-out directory, or re-export from a checkpoint that records them")
-    return subset_indices(dataset.labels, split, val_fraction=float(info["val_fraction"]), seed=int(info["seed"]),
+    return subset_indices(dataset.labels, subset, val_fraction=float(info["val_fraction"]), seed=int(info["seed"]),
                           limit=limit)
 
 
 def evaluate_bundle(bundle_dir: str | Path, data_dir: str | Path, backend: str = "onnxruntime",
-                    limit: int | None = None, split: str = "all", *, device: str = "cpu",
-                    threads: int | None = None) -> dict[str, Any]:
+                    limit: int | None = None, subset: str = "all", *, device: str = "cpu",
+                    threads: int | None = None, split: str | None = None) -> dict[str, Any]:
     """Top-1 of a bundle on ``data_dir`` (class sub-folders named like its labels) through ``backend``.
 
-    Returns ``bundle, kind, backend, device, data, split, images, top1, seconds`` and, for split bundles,
-    ``mean_payload_bytes`` and ``latent_shape``.
+    Returns ``bundle, kind, backend, device, data, subset, images, top1, seconds`` and, for split bundles,
+    ``mean_payload_bytes`` and ``latent_shape``. ``split`` is the old name of ``subset``.
     """
+    subset = renamed_subset(subset, split)
     bundle = as_bundle(bundle_dir)
     dataset = ImageFolder(data_dir, classes=bundle.labels)
-    idx = select_indices(dataset, bundle, split, limit)
+    idx = select_indices(dataset, bundle, subset, limit)
     if len(idx) == 0:
-        raise DataError(f"{data_dir}: no images selected (--subset {split})")
+        raise DataError(f"{data_dir}: no images selected (--subset {subset})")
     paths = [dataset.samples[int(i)].path for i in idx]
     truth = np.asarray([dataset.samples[int(i)].label for i in idx])
     start = time.perf_counter()
@@ -72,7 +73,7 @@ def evaluate_bundle(bundle_dir: str | Path, data_dir: str | Path, backend: str =
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "kind": bundle.kind, "fingerprint": bundle.fingerprint.hex(),
-        "backend": runtime.backend, "device": runtime.device, "data": str(data_dir), "split": split,
+        "backend": runtime.backend, "device": runtime.device, "data": str(data_dir), "subset": subset,
         "images": len(idx), "top1": float(np.mean(np.asarray(predicted) == truth)), "seconds": round(seconds, 2),
     }
     if bundle.kind == "split":

@@ -96,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if target.is_dir():
         from .runtime.evaluate import evaluate_bundle  # bundles: the deployed path through a runtime backend
 
-        result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, split=args.subset)
+        result = evaluate_bundle(target, args.data, backend=args.backend, limit=args.limit, subset=args.subset)
     else:
         if args.quality is not None and args.input_codec is None:
             raise ConfigError("--quality needs --input-codec jpeg|webp|avif|jxl")

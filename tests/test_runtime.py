@@ -418,12 +418,14 @@ def test_evaluate_bundle(split_bundle: Path, full_bundle: Path, image_folder: Pa
             shutil.copy(p, relabeled / LABELS[(k + shift) % len(LABELS)] / f"{p.parent.name}_{p.name}")
         assert evaluate_bundle(split_bundle, relabeled, threads=1)["top1"] == want
     assert 20 < split["mean_payload_bytes"] < 1000 and split["latent_shape"] == list(LATENT)
-    val = evaluate_bundle(split_bundle, image_folder, limit=4, split="val", threads=1)
-    assert val["images"] == 4 and val["split"] == "val"
+    val = evaluate_bundle(split_bundle, image_folder, limit=4, subset="val", threads=1)
+    assert val["images"] == 4 and val["subset"] == "val"
+    with pytest.warns(DeprecationWarning, match="subset="):
+        assert evaluate_bundle(split_bundle, image_folder, limit=4, split="val", threads=1)["images"] == 4
     full = evaluate_bundle(full_bundle, image_folder, backend="openvino", limit=5, threads=1)
     assert full["images"] == 5 and "mean_payload_bytes" not in full and full["backend"] == "openvino"
     with pytest.raises(ConfigError, match="train_split"):
-        evaluate_bundle(full_bundle, image_folder, split="val")
+        evaluate_bundle(full_bundle, image_folder, subset="val")
 
 
 def test_eval_cli_on_a_bundle(split_bundle: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

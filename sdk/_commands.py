@@ -149,6 +149,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
+    from .runtime._backend_names import BACKENDS  # names only: imports nothing
+
     sp = sub.add_parser("predict", help="top-k classes of images with a checkpoint or a bundle",
                         description="One row per image: the top-k class names with their probabilities. A split "
                                     "model goes image -> payload bytes -> prediction in this process and shows the "
@@ -156,7 +158,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("target", help="checkpoint (.safetensors) or bundle directory")
     sp.add_argument("images", help="an image file, or a directory of images (sub-folders included)")
     sp.add_argument("--top-k", type=positive_int, default=3, help="classes per image (default 3)")
-    sp.add_argument("--backend", default="onnxruntime", help="bundles: onnxruntime, openvino or tensorrt")
+    sp.add_argument("--backend", default="onnxruntime", help=f"bundles: {', '.join(BACKENDS)}")
     sp.add_argument("--device", default="cpu", help="bundles: e.g. cpu, cuda:0 (onnxruntime/tensorrt), gpu (openvino)")
     sp.add_argument("--threads", type=positive_int, help="bundles: intra-op threads of the backend")
     sp.add_argument("--label-names", metavar="FILE",
@@ -180,7 +182,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                                     "predict_batch) on in-memory images. Nothing is written unless --out is given, "
                                     "and an existing --out is replaced only with --overwrite.")
     sp.add_argument("bundle", help="bundle directory")
-    sp.add_argument("--backend", default="onnxruntime", help="comma-separated: onnxruntime, openvino, tensorrt")
+    sp.add_argument("--backend", default="onnxruntime", help=f"comma-separated: {', '.join(BACKENDS)}")
     sp.add_argument("--threads", type=_int_list, help="comma-separated intra-op thread counts (default: the runtime's)")
     sp.add_argument("--batch", type=_int_list, help="comma-separated batch sizes (default 1)")
     sp.add_argument("--mode", choices=["latency", "throughput"], default="latency",

@@ -161,7 +161,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--input-codec", choices=["jpeg", "webp", "avif", "jxl"],
                     help="compress each preprocessed image first (avif, jxl: pip install edgesplit[codecs])")
     sp.add_argument("--quality", type=int, help="input codec quality (jpeg, webp: 1-100; avif, jxl: 0-100)")
-    sp.add_argument("--backend", default="onnxruntime", help="runtime backend for bundles")
+    from .runtime._backend_names import BACKENDS  # names only: imports nothing
+
+    sp.add_argument("--backend", default="onnxruntime", help=f"runtime backend for bundles: {', '.join(BACKENDS)}")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_eval)
 

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from ._yaml import load_bounded, short
-from .errors import BundleError, ConfigError
+from .errors import BundleError, ConfigError, PluginError
 from .preprocess import Preprocess
 
 try:
@@ -359,10 +359,9 @@ class Bundle:
 
     def codec(self) -> Any:
         """The entropy codec of a split bundle: component ``codec.id`` of registry kind ``codec``, built from the
-        tables file (``from_arrays``)."""
+        tables file (``create("codec", id, tables=arrays)``)."""
         from .codec import LEGACY_CODEC_ID
-        from .errors import PluginError
-        from .registry import available, get
+        from .registry import available, create, get
 
         if self.kind != "split" or self.contents.codec is None:
             raise BundleError(f"{self.path}: a {self.kind} bundle has no codec tables")
@@ -370,7 +369,7 @@ class Bundle:
         path = _confined(self.path, entry.get("file"), "codec.file")
         codec_id = entry.get("id", LEGACY_CODEC_ID)  # bundles name it; a manifest without one predates v2
         try:  # get() imports plugins only for an id that is not built in, so a device stays torch-free
-            factory = get("codec", codec_id if isinstance(codec_id, str) else "")
+            get("codec", codec_id if isinstance(codec_id, str) else "")
         except PluginError as exc:
             raise BundleError(
                 f"{self.path}: manifest codec.id {short(codec_id)} is not one this edgesplit decodes "
@@ -382,27 +381,9 @@ class Bundle:
         except (OSError, ValueError) as exc:
             raise BundleError(f"{path}: unreadable codec tables ({exc})") from exc
         try:
-            return _codec_from_arrays(factory, arrays, codec_id)
-        except (ValueError, KeyError) as exc:
+            return create("codec", codec_id, tables=arrays)
+        except (ConfigError, PluginError, ValueError, KeyError) as exc:
             raise BundleError(f"{path}: unreadable codec tables ({exc})") from exc
-
-
-def _codec_from_arrays(factory: Any, arrays: dict[str, np.ndarray], codec_id: str) -> Any:
-    """A registered codec rebuilt from its tables through its ``from_arrays(arrays, codec_id=...)``.
-
-    A codec id registered as a plain function (the older payload layouts of the factorized tables, which build a
-    ``FactorizedCodec`` from float pmfs) is rebuilt by the class that codes those layouts.
-    """
-    from .codec import CODEC_IDS, FactorizedCodec
-
-    from_arrays = getattr(factory, "from_arrays", None)
-    if from_arrays is None and codec_id in CODEC_IDS:
-        from_arrays = FactorizedCodec.from_arrays
-    if from_arrays is None:
-        raise BundleError(f"codec {codec_id!r} is registered by {getattr(factory, '__qualname__', factory)!r}, which "
-                          "has no from_arrays(tables, codec_id=...) to rebuild it from a bundle's tables; register "
-                          "the codec class itself")
-    return from_arrays(arrays, codec_id=codec_id)
 
 
 def _lock(directory: Path) -> int | None:

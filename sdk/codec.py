@@ -140,7 +140,6 @@ def _bit_length(values: np.ndarray) -> np.ndarray:
     return np.frexp(values.astype(np.float64))[1].astype(np.int64)
 
 
-@register("codec", CODEC_ID)
 class FactorizedCodec:
     """Codes an integer array of shape (C, ...) with one fixed integer pmf per channel (axis 0).
 
@@ -375,16 +374,21 @@ class FactorizedCodec:
         return dims
 
 
-@register("codec", LEGACY_CODEC_ID)
-def _legacy_factorized_codec(pmfs: Any, offsets: Any) -> FactorizedCodec:
-    """The same tables coding word-aligned ``factorized-v1`` payloads (bundles exported before v2)."""
-    return FactorizedCodec(pmfs, offsets, codec_id=LEGACY_CODEC_ID)
+def _tables_factory(codec_id: str, layout: str) -> Any:
+    def build(tables: Mapping[str, np.ndarray]) -> FactorizedCodec:
+        return FactorizedCodec.from_arrays(tables, codec_id=codec_id)
+
+    build.__name__ = build.__qualname__ = f"factorized_codec_{codec_id.rsplit('-', 1)[-1]}"
+    build.__doc__ = f"A ``FactorizedCodec`` from a bundle's tables, coding {layout}."
+    return build
 
 
-@register("codec", V2_CODEC_ID)
-def _v2_factorized_codec(pmfs: Any, offsets: Any) -> FactorizedCodec:
-    """The same tables coding ``factorized-v2`` payloads, without the check state (bundles exported before v3)."""
-    return FactorizedCodec(pmfs, offsets, codec_id=V2_CODEC_ID)
+# Registry kind ``codec``: each codec id names a factory that rebuilds the codec from the tables a bundle stores
+# (``create("codec", id, tables=arrays)``, what ``Bundle.codec`` does); one table of ids in ``_codec_ids``.
+for _id, _layout in ((CODEC_ID, "factorized-v3 payloads (check state, byte-trimmed)"),
+                     (V2_CODEC_ID, "factorized-v2 payloads, without the check state (bundles exported before v3)"),
+                     (LEGACY_CODEC_ID, "word-aligned factorized-v1 payloads (bundles exported before v2)")):
+    register("codec", _id)(_tables_factory(_id, _layout))
 
 
 def discretized_laplace_pmfs(scales: Any, half_width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -186,8 +186,13 @@ def test_golden_v2_frame_is_the_v1_frame_less_zero_bytes() -> None:
 @pytest.mark.parametrize("codec_id", [CODEC_ID, V2_CODEC_ID, LEGACY_CODEC_ID])
 def test_registered_as_codec_component(codec_id: str) -> None:
     pmfs, offsets = discretized_laplace_pmfs([1.0, 2.0], 5)
-    codec = create("codec", codec_id, pmfs=pmfs, offsets=offsets)
+    original = FactorizedCodec(pmfs, offsets, codec_id=codec_id)
+    codec = create("codec", codec_id, tables=original.to_arrays())  # what Bundle.codec does with a bundle's tables
     assert isinstance(codec, FactorizedCodec) and codec.num_channels == 2 and codec.codec_id == codec_id
+    symbols = np.array([[[0, 3, -7, 40]], [[1, -1, 2, 0]]], dtype=np.int32)
+    assert codec.encode(symbols) == original.encode(symbols)
+    with pytest.raises(ConfigError, match="codec tables lack"):
+        create("codec", codec_id, tables={"weights": original.to_arrays()["weights"]})
     with pytest.raises(ConfigError, match="unknown codec id"):
         FactorizedCodec(pmfs, offsets, codec_id="factorized-v9")
 

@@ -727,8 +727,11 @@ def test_bundle_codec_is_built_through_the_registry(ckpt: Path, tmp_path: Path,
         def from_arrays(cls, arrays: dict[str, np.ndarray], *, codec_id: str) -> "TablesCodec":
             return cls(arrays, codec_id)
 
+    def factory(tables: dict[str, np.ndarray]) -> TablesCodec:  # kind codec: called with the bundle's tables
+        return TablesCodec.from_arrays(tables, codec_id="test-codec-v9")
+
     real_get = registry.get
-    monkeypatch.setattr(registry, "get", lambda kind, name: TablesCodec if (kind, name) == ("codec", "test-codec-v9")
+    monkeypatch.setattr(registry, "get", lambda kind, name: factory if (kind, name) == ("codec", "test-codec-v9")
                         else real_get(kind, name))
     codec = Bundle.open(root).codec()
     assert isinstance(codec, TablesCodec) and codec.codec_id == "test-codec-v9"

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edgesplit._checks import positive_int
 from edgesplit.errors import ConfigError, DataError
 from edgesplit.predict import list_images
 from edgesplit.preprocess import load_image
@@ -153,9 +154,8 @@ def benchmark_bundle(bundle_dir: str | Path, *, backends: Sequence[str] = ("onnx
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; choose {' or '.join(MODES)}")
     for name, values in (("batch", batches), ("threads", [t for t in threads if t is not None])):
-        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-        if bad:
-            raise ConfigError(f"{name} values must be positive integers, got {bad[0]!r}")
+        for value in values:
+            positive_int(value, f"{name} value")
     if not backends or not batches or not threads:
         raise ConfigError("benchmark needs at least one backend, one thread count and one batch size")
     if seconds <= 0:

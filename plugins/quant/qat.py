@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgesplit._checks import is_int
 from edgesplit.errors import ConfigError, ExportError
 from edgesplit.registry import create, register
 
@@ -68,7 +69,7 @@ class _LsqFakeQuant(torch.autograd.Function):
 
 
 def _check_bits(bits: int, what: str) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+    if not is_int(bits) or bits not in SUPPORTED_BITS:
         raise ConfigError(f"{what} must be an integer bit width in {SUPPORTED_BITS}, got {bits!r}")
     return bits
 

@@ -117,6 +117,15 @@ def _substitute(value: Any, variables: dict[str, Any], source: str, path: str) -
     return value
 
 
+def _mentions(value: Any, name: str) -> bool:
+    """Whether ``${name}`` appears anywhere in a recipe value."""
+    if isinstance(value, dict):
+        return any(_mentions(v, name) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions(v, name) for v in value)
+    return isinstance(value, str) and any(m.group(1) == name for m in _VAR.finditer(value))
+
+
 def _point_name(var: str, value: Any) -> str:
     text = f"{var}={value}"
     if not _NAME.match(text.replace("=", "_")):
@@ -181,6 +190,10 @@ def plan_recipe(data: dict[str, Any], out: str | Path, *, source: str = "<recipe
             where = f"{source}: stages[{i}] ({name})" if name else source
             body = {k: v for k, v in st.items() if k not in _STAGE_ONLY}
             merged = _merge(data, body)
+            if shared and var is not None and _mentions(merged, var):  # trained once for every point
+                raise ConfigError(f"{where}: a shared stage trains once for all --sweep {var} values, but its "
+                                  f"settings use ${{{var}}}; set them without ${{{var}}} in this stage, or make the "
+                                  "stage per-point (shared: false)")
             merged = _substitute(merged, env, where, "")
             base_name = merged.get("name", "run")
             merged["name"] = ".".join(p for p in (str(base_name), point if not shared else None, name) if p)

@@ -40,7 +40,7 @@ def test_plan_merges_substitutes_and_chains_init(tmp_path: Path) -> None:
 
 def test_shared_stages_run_once_and_each_point_chains_from_the_last(tmp_path: Path) -> None:
     recipe = {
-        **tiny_recipe(name="r_${w}"),
+        **tiny_recipe(name="r"),
         "vars": {"w": 0.5, "lr": 0.002},
         "stages": [
             {"name": "a", "shared": True},
@@ -61,7 +61,7 @@ def test_shared_stages_run_once_and_each_point_chains_from_the_last(tmp_path: Pa
     # a list in a stage replaces the top level's; a whole-string ${var} keeps its type, inside a string it is text
     assert [l.name for l in c1.config.losses] == ["kd", "ce"] and [l.name for l in d1.config.losses] == ["ce"]
     assert c1.config.losses[1].weight == 1 and c2.config.losses[1].weight == 2 and c1.config.optimizer.lr == 0.002
-    assert c1.config.name == "r_1.w=1.c" and c2.config.name == "r_2.w=2.c"
+    assert c1.config.name == "r.w=1.c" and c2.config.name == "r.w=2.c" and a.config.name == "r.a"
     assert c2.out == tmp_path / "w=2" / "c" and plan.points == ["w=1", "w=2"]
     assert not any(r.done for r in plan.runs)
     a.out.mkdir(parents=True)
@@ -69,6 +69,16 @@ def test_shared_stages_run_once_and_each_point_chains_from_the_last(tmp_path: Pa
     assert not a.done  # finished means metrics and weights both written
     (a.out / "model.safetensors").write_bytes(b"")
     assert a.done and not b.done
+
+
+@pytest.mark.parametrize("where", ["top", "stage"])
+def test_a_shared_stage_cannot_use_the_swept_variable(tmp_path: Path, where: str) -> None:
+    shared = {"name": "base", "shared": True, **({"epochs": "${e}"} if where == "stage" else {})}
+    recipe = {**tiny_recipe(name="r_${e}" if where == "top" else "r"), "vars": {"e": 1},
+              "stages": [shared, {"name": "tune"}]}
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(base\): a shared stage trains once for all --sweep e"):
+        plan_recipe(recipe, tmp_path, sweep=parse_sweep(["e=1,2"]))  # the first value equals the default: still refused
+    assert len(plan_recipe(recipe, tmp_path).runs) == 2  # without a sweep there is one value, and nothing to refuse
 
 
 def test_plain_recipe_with_a_sweep_and_values_as_written(tmp_path: Path) -> None:

@@ -32,13 +32,7 @@ _EXPORT_COVERED_BY: dict[str, str] = {
 _ALL_EXPORTS = os.environ.get("EDGESPLIT_TEST_ALL_EXPORTS", "") not in ("", "0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny inputs gain nothing from threads, and contended OpenMP threads spin (100x slower beside training)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _export_params() -> list[object]:

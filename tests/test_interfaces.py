@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgesplit import interfaces, registry
-from edgesplit.codec import discretized_laplace_pmfs
+from edgesplit.codec import FactorizedCodec, discretized_laplace_pmfs
 from edgesplit.errors import BackendUnavailable, PluginError
 
 torch = pytest.importorskip("torch", reason="the model checks need torch (pip install edgesplit[train])")
@@ -48,7 +48,8 @@ def test_protocols_reject_what_lacks_their_members() -> None:
 @pytest.mark.parametrize("name", _first_party("codec"))
 def test_codec_conforms(name: str) -> None:
     pmfs, offsets = discretized_laplace_pmfs(np.array([0.5, 2.0, 6.0]), 12)
-    codec = registry.create("codec", name, pmfs=pmfs, offsets=offsets)
+    tables = FactorizedCodec(pmfs, offsets, codec_id=name).to_arrays()  # a bundle's tables, as exported
+    codec = registry.create("codec", name, tables=tables)
     assert isinstance(codec, interfaces.EntropyCodec)
     assert codec.codec_id == name and codec.num_channels == 3
     rng = np.random.default_rng(0)

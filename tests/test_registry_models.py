@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,12 +38,7 @@ _TINY: dict[str, dict[str, Any]] = {
 _LOSS_PARAMS: dict[str, dict[str, Any]] = {"feature_mse": {"stages": ["stage3", "stage4"]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

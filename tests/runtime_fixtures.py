@@ -212,6 +212,23 @@ def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cached(tmp_path_factory, "split", build_split_bundle)
 
 
+def random_payloads(bundle: Path, n: int, seed: int) -> list[bytes]:
+    """``n`` payloads of random 40x48 images, encoded by ``bundle``'s DeviceEncoder."""
+    from edgesplit.runtime import DeviceEncoder
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8) for _ in range(n)]
+    return DeviceEncoder.open(bundle, threads=1).encode_batch(images)
+
+
+@pytest.fixture(scope="module")
+def decoder(split_bundle: Path) -> Any:
+    """One ServerDecoder of ``split_bundle`` per test module."""
+    from edgesplit.runtime import ServerDecoder
+
+    return ServerDecoder.open(split_bundle, threads=1)
+
+
 @pytest.fixture(scope="session")
 def other_split_bundle(tmp_path_factory: pytest.TempPathFactory, split_bundle: Path) -> Path:
     """Same graphs and shapes, other tables: a payload from it must be refused by ``split_bundle``'s decoder."""

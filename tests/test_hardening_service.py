@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
@@ -23,24 +22,17 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from edgesplit.errors import BackendUnavailable, BundleError, ConfigError  # noqa: E402
-from edgesplit.runtime import DeviceEncoder, ServerDecoder  # noqa: E402
+from edgesplit.runtime import ServerDecoder  # noqa: E402
 from edgesplit.runtime.service import BackgroundServer, create_app  # noqa: E402
 
-from .runtime_fixtures import split_bundle  # noqa: E402,F401
+from .runtime_fixtures import decoder, random_payloads, split_bundle  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def payloads(split_bundle: Path) -> list[bytes]:
-    rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8) for _ in range(4)]
-    return DeviceEncoder.open(split_bundle, threads=1).encode_batch(images)
-
-
-@pytest.fixture(scope="module")
-def decoder(split_bundle: Path) -> ServerDecoder:
-    return ServerDecoder.open(split_bundle, threads=1)
+    return random_payloads(split_bundle, 4, seed=3)
 
 
 def _raw(server: BackgroundServer, data: bytes, *, wait: float = 5.0) -> bytes:

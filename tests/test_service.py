@@ -23,21 +23,14 @@ from edgesplit.errors import BitstreamError  # noqa: E402
 from edgesplit.runtime import DeviceEncoder, Prediction, ServerDecoder  # noqa: E402
 from edgesplit.runtime.service import BackgroundServer, Batcher, Metrics, create_app  # noqa: E402
 
-from .runtime_fixtures import LATENT, other_split_bundle, split_bundle  # noqa: E402,F401
+from .runtime_fixtures import LATENT, decoder, other_split_bundle, random_payloads, split_bundle  # noqa: E402,F401
 
 TOKEN = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
 def payloads(split_bundle: Path) -> list[bytes]:
-    rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8) for _ in range(12)]
-    return DeviceEncoder.open(split_bundle, threads=1).encode_batch(images)
-
-
-@pytest.fixture(scope="module")
-def decoder(split_bundle: Path) -> ServerDecoder:
-    return ServerDecoder.open(split_bundle, threads=1)
+    return random_payloads(split_bundle, 12, seed=1)
 
 
 def expected(decoder: ServerDecoder, payload: bytes) -> dict[str, object]:

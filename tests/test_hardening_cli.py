@@ -39,3 +39,13 @@ def test_eval_of_a_checkpoint_without_torch_names_the_extra(tmp_path: Path) -> N
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "BackendUnavailable" in proc.stdout and "edgesplit[train]" in proc.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`edgesplit schema | head -1`: the pipe closes under the command; no traceback, the shell's SIGPIPE status."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgesplit.cli", "schema"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # type: ignore[union-attr]  # closed before the command writes: its first write fails
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

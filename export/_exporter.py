@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from edgesplit.bundle import Bundle, BundleWriter, Manifest, sha256_file
+from edgesplit.bundle import Bundle, BundleWriter, Manifest, scratch_directory, sha256_file
 from edgesplit.errors import ConfigError, EdgesplitError, ExportError
 
 from ._calibration import calibration_images
@@ -27,6 +26,9 @@ __all__ = ["FORMATS", "BACKENDS", "PRECISIONS", "REPORT_FILE", "parse_backends",
            "export_checkpoint", "report_table"]
 
 log = logging.getLogger(__name__)
+
+SCRATCH_PREFIX = "edgesplit-export-"  # intermediate ONNX files; a killed export's are removed by the next export
+
 
 def parse_backends(backends: str | Iterable[str]) -> list[str]:
     """Runtime backend names, in canonical order, from a comma-separated string or a list; the older format names
@@ -102,8 +104,7 @@ def export_checkpoint(
     steps = Steps(progress)
     options = dict(calib=calib, calib_images=calib_images, verify=verify, threads=threads, name=name,
                    label_names=label_names)
-    with BundleWriter(dest, overwrite=overwrite) as writer, \
-            tempfile.TemporaryDirectory(prefix="edgesplit-export-") as tmp:
+    with BundleWriter(dest, overwrite=overwrite) as writer, scratch_directory(SCRATCH_PREFIX) as tmp:
         try:
             with steps.step("load"):
                 plan = make_plan(ckpt, dest, chosen, precision, tolerances=tolerances, **options)

@@ -14,9 +14,10 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -30,7 +31,8 @@ try:
 except ImportError:  # not POSIX: stale partial directories are left for the user to remove
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "KINDS", "Manifest", "Bundle", "BundleWriter", "sha256_file", "sweep_partials"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "KINDS", "Manifest", "Bundle", "BundleWriter", "sha256_file", "scratch_directory",
+           "sweep_partials"]
 
 log = logging.getLogger(__name__)
 
@@ -406,11 +408,16 @@ def _lock(directory: Path) -> int | None:
 def sweep_partials(dest: Path, min_age_s: float = 2.0) -> list[Path]:
     """Remove the temporary directories of earlier writes of ``dest`` whose writer is gone (killed, or the machine
     lost power): a live writer holds a lock on its directory. Returns what was removed."""
-    removed = []
     try:
         candidates = list(dest.parent.glob(f".{glob.escape(dest.name)}.partial-*"))
     except OSError:
-        return removed
+        return []
+    return _remove_unlocked(candidates, min_age_s)
+
+
+def _remove_unlocked(candidates: list[Path], min_age_s: float) -> list[Path]:
+    """The directories among ``candidates`` that no live process holds locked, removed."""
+    removed = []
     for path in candidates:
         try:
             if not path.is_dir() or path.is_symlink() or time.time() - path.stat().st_mtime < min_age_s:
@@ -426,6 +433,25 @@ def sweep_partials(dest: Path, min_age_s: float = 2.0) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+@contextmanager
+def scratch_directory(prefix: str, min_age_s: float = 2.0) -> Iterator[Path]:
+    """A temporary working directory, locked while in use and removed after; the directories with the same
+    ``prefix`` that a killed process left in the temporary folder are removed when the next one is made."""
+    root = Path(tempfile.gettempdir())
+    try:
+        _remove_unlocked([p for p in root.glob(f"{glob.escape(prefix)}*")], min_age_s)
+    except OSError:
+        pass
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    fd = _lock(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
 
 
 class BundleWriter:

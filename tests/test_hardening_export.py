@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from edgesplit.bundle import BundleWriter, sweep_partials
+from edgesplit.bundle import BundleWriter, scratch_directory, sweep_partials
 from edgesplit.errors import BundleError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +85,26 @@ def test_out_under_a_regular_file_is_a_bundle_error(tmp_path: Path) -> None:
     for dest in (tmp_path / "file" / "b.bundle", tmp_path / "file" / "deeper" / "b.bundle"):
         with pytest.raises(BundleError, match="not a directory|choose another --out"):
             BundleWriter(dest)
+
+
+def test_a_killed_exports_scratch_directory_is_removed_by_the_next(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / "edgesplit-export-killed"  # what SIGKILL leaves: nobody holds its lock
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"x")
+    live = tmp_path / "edgesplit-export-running"  # another export still at work: it holds the lock
+    live.mkdir()
+    old = time.time() - 60
+    for d in (stale, live):
+        os.utime(d, (old, old))
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with scratch_directory("edgesplit-export-") as scratch:
+            assert scratch.is_dir() and scratch.parent == tmp_path
+            assert not stale.exists() and live.is_dir()
+        assert not scratch.exists()
+    finally:
+        os.close(fd)

@@ -1,10 +1,5 @@
-"""``edgesplit demo``: the main job end to end, from the committed weights (or from your own bundle).
-
-Exports the split student to a bundle (ONNX + OpenVINO), serves its decoder over HTTP on loopback, encodes each
-image with ``DeviceEncoder`` as a device would, sends the payloads, and compares every answer with in-process
-decoding and with the JPEG bytes the teacher would need for the same answer. Then runs a compressed full student on
-the device with ``DeviceModel``. Bundles go to a temporary directory (or to ``--keep DIR``); nothing is left running.
-"""
+"""``edgesplit demo``: the main job end to end, from the committed weights or your own bundle (the steps:
+``edgesplit.apps.cli.DESCRIPTION``; the command is registered there, so building the CLI imports none of this)."""
 
 from __future__ import annotations
 
@@ -287,24 +282,11 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
     return result
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
+    """``edgesplit demo`` with the parsed arguments (``edgesplit.apps.cli`` registers the command)."""
     images = Path(args.images) if args.images else REPO / "samples" / "images"
     result = run_demo(images, device_backend=args.device_backend, server_backend=args.server_backend,
                       keep=Path(args.keep) if args.keep else None, bundle=Path(args.bundle) if args.bundle else None)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("demo", help="the main job end to end: device encoder -> bytes over HTTP -> server decoder",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("--images", help="your own images: a folder of images, or class sub-folders named like the "
-                    "model's labels for an accuracy figure (default: samples/images)")
-    sp.add_argument("--bundle", help="run on your own bundle instead of exporting the committed weights (a split "
-                    "bundle: device encoder -> HTTP -> decoder; a full bundle: DeviceModel)")
-    sp.add_argument("--keep", metavar="DIR", help="export the bundles into DIR (new or empty) and keep them")
-    sp.add_argument("--device-backend", default="openvino", choices=["openvino", "onnxruntime"])
-    sp.add_argument("--server-backend", default="onnxruntime", choices=["openvino", "onnxruntime"])
-    sp.add_argument("--json", help="also write the rows and summary to this JSON file")
-    sp.set_defaults(func=_cmd_demo)

@@ -177,7 +177,7 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     import importlib
 
     hooks = []
-    for module in ("edgesplit._commands", "edgesplit.export.cli", "edgesplit.runtime.cli", "edgesplit.apps.demo"):
+    for module in ("edgesplit._commands", "edgesplit.export.cli", "edgesplit.runtime.cli", "edgesplit.apps.cli"):
         try:
             hooks.append(importlib.import_module(module).register_cli)
         except ModuleNotFoundError as exc:

@@ -273,7 +273,7 @@ def run_demo(images_dir: Path, *, device_backend: str = "openvino", server_backe
             split_val, full_val = _val_top1(_weights(spec, "split_student")), _val_top1(full_ckpt)
             if split_val is not None and full_val is not None:
                 say(f"(the full student is another, smaller model: {100 * full_val[0]:.1f}% top-1 on its "
-                    f"{full_val[1]}-image validation split vs the split student's {100 * split_val[0]:.1f}%; on "
+                    f"{full_val[1]}-image validation subset vs the split student's {100 * split_val[0]:.1f}%; on "
                     f"{len(images)} images one answer is {100 / len(images):.0f} points)")
         if keep is not None:
             say(f"bundles kept in {work}: try `edgesplit predict {work / 'split'} {images_dir}` or "

@@ -24,7 +24,7 @@ __all__ = ["publish_run", "publish"]
 
 def _select_resize(model: torch.nn.Module, data: str, size: int, candidates: list[int], n: int = 1500) -> dict:
     """Pick the evaluation resize (shorter side before the center crop) on training-split images, never on the
-    validation split that is reported: random-resized-crop training makes objects look larger than a plain
+    validation subset that is reported: random-resized-crop training makes objects look larger than a plain
     center crop does, so a tighter crop at test time usually helps (Touvron et al., "Fixing the train-test
     resolution discrepancy")."""
     from edgesplit.data import ImageCache, ImageFolder, stratified_split

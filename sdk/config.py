@@ -170,7 +170,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """An ImageFolder directory, its seeded validation split and the image sizes."""
+    """An ImageFolder directory, its seeded validation subset and the image sizes."""
 
     root: str | None = None
     val_fraction: float = 0.1

@@ -1,5 +1,5 @@
 """The report at the end of ``edgesplit train``: a summary table, ``report.png`` (loss, top-1 and, for split students,
-rate in bytes per image, per epoch) and a confusion matrix of the validation split (``confusion.png``), all read
+rate in bytes per image, per epoch) and a confusion matrix of the validation subset (``confusion.png``), all read
 back from the run directory (``log.jsonl``, ``metrics.json``, ``model.safetensors``)."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 @torch.no_grad()
 def confusion_matrix(checkpoint: Path, data_root: str | Path, *, batch_size: int = 64) -> dict[str, Any]:
-    """Counts (true class x predicted class) of ``checkpoint`` on its own validation split of ``data_root``."""
+    """Counts (true class x predicted class) of ``checkpoint`` on its own validation subset of ``data_root``."""
     model = load(checkpoint)
     info = model.edgesplit_info  # type: ignore[attr-defined]
     labels = [str(v) for v in info["labels"]]
@@ -104,7 +104,7 @@ def confusion_matrix(checkpoint: Path, data_root: str | Path, *, batch_size: int
     dataset = ImageFolder(data_root, classes=labels)
     idx = select_indices(dataset, "val", info, MAX_CONFUSION_IMAGES)
     if len(idx) == 0:
-        raise DataError(f"{data_root}: the validation split is empty")
+        raise DataError(f"{data_root}: the validation subset is empty")
     counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for s in range(0, len(idx), batch_size):
         chunk = [dataset.samples[int(i)] for i in idx[s:s + batch_size]]

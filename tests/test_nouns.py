@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 # the canonical nouns, as README's "Concepts" table defines them
 CANONICAL = ("teacher", "student", "split", "tail", "symbols", "codec", "tables", "body", "payload", "fingerprint",
              "bundle", "backend", "labels", "classes", "subset")
-# words that named one of those concepts in other places; the help of every command must not use them so
+# words that named one of those concepts in other places; the help of every command and README must not use them so
 SYNONYMS = {
     r"--format\b": "--backend (the runtime backend a bundle is exported for and run with)",
     r"--split\b": "--subset (a part of a dataset; a split is a split student)",
@@ -54,6 +54,13 @@ def test_cli_help_uses_the_canonical_nouns(command: str) -> None:
     flat = " ".join(help_text.split())  # argparse wraps lines; a phrase may straddle two
     used = {pattern: fix for pattern, fix in SYNONYMS.items() if re.search(pattern, flat)}
     assert not used, f"`edgesplit {command} --help` says {sorted(used)}; say instead: {sorted(used.values())}"
+
+
+def test_readme_prose_uses_the_canonical_nouns() -> None:
+    text = (REPO / "README.md").read_text().split("## Changes to contracts", 1)[0]  # that section names old words
+    flat = " ".join(text.split())
+    used = {pattern: fix for pattern, fix in SYNONYMS.items() if re.search(pattern, flat)}
+    assert not used, f"README says {sorted(used)}; say instead: {sorted(used.values())}"
 
 
 @pytest.mark.parametrize("command", BACKEND_COMMANDS)

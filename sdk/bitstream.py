@@ -201,7 +201,7 @@ def decode_payload(codec: EntropyCodec, payload: bytes, *, fingerprint: bytes | 
     when given) before anything is entropy-decoded. ``fingerprint=None`` accepts a frame from any bundle."""
     frame = unpack(payload, expected_fingerprint=fingerprint, max_elements=max_elements)
     if frame.codec != codec.codec_id:
-        raise BitstreamError(f"payload uses codec {frame.codec!r}; these tables decode {codec.codec_id!r}")
+        raise BitstreamError(f"payload uses codec {frame.codec!r}; this codec decodes {codec.codec_id!r}")
     if shape is not None and frame.shape != tuple(shape):
         raise BitstreamError(f"payload carries a latent of shape {frame.shape}; this model's latent is "
                              f"{tuple(shape)}: encode with the same model or bundle")

@@ -100,8 +100,8 @@ class Bottleneck(Protocol):
     """A learned entropy bottleneck over C channels (torch module; kind ``bottleneck``).
 
     Contract: ``quantize_symbols(y)`` rounds a latent to int32 symbols exactly as the device graph does;
-    ``dequantize(symbols)`` is its inverse up to the rounding; ``tables()`` returns the ``EntropyCodec`` of the
-    learned prior (in eval mode, deterministic); ``aux_loss()`` is the term that fits the prior's quantiles.
+    ``dequantize(symbols)`` is its inverse up to the rounding; ``codec()`` returns the ``EntropyCodec`` whose
+    tables are the learned prior (in eval mode, deterministic); ``aux_loss()`` is the term that fits the prior's quantiles.
     Calling the module returns ``(y_hat, likelihoods)`` for training.
     """
 
@@ -111,7 +111,7 @@ class Bottleneck(Protocol):
 
     def dequantize(self, symbols: Any) -> Any: ...
 
-    def tables(self) -> EntropyCodec: ...
+    def codec(self) -> EntropyCodec: ...
 
     def aux_loss(self) -> Any: ...
 

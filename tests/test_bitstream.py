@@ -209,7 +209,7 @@ def test_decode_payload_checks_fingerprint_codec_shape_and_size_before_decoding(
     payload = encode_payload(codec, symbols, fingerprint=FP)
     with pytest.raises(BitstreamError, match="fingerprint"):
         decode_payload(codec, payload, fingerprint=bytes(8))
-    with pytest.raises(BitstreamError, match="codec 'factorized-v3'.*decode 'factorized-v2'"):
+    with pytest.raises(BitstreamError, match="codec 'factorized-v3'.*decodes 'factorized-v2'"):
         decode_payload(_laplace_codec("factorized-v2"), payload, fingerprint=FP)
     with pytest.raises(BitstreamError, match=r"shape \(3, 4, 5\).*\(3, 5, 4\)"):
         decode_payload(codec, payload, fingerprint=FP, shape=(3, 5, 4))

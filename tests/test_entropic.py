@@ -120,13 +120,15 @@ def test_tables_are_deterministic_and_follow_the_quantiles() -> None:
     torch.manual_seed(0)
     b = EntropyBottleneck(4)
     _fit_quantiles(b, 50)
-    t1, t2 = b.tables(), b.tables()
+    t1, t2 = b.codec(), b.codec()
     assert isinstance(t1, FactorizedCodec) and t1.codec_id == CODEC_ID
     for key, value in t1.to_arrays().items():
         np.testing.assert_array_equal(value, t2.to_arrays()[key])
     clone = EntropyBottleneck(4)
     clone.load_state_dict(b.state_dict())
-    np.testing.assert_array_equal(clone.tables().to_arrays()["weights"], t1.to_arrays()["weights"])
+    np.testing.assert_array_equal(clone.codec().to_arrays()["weights"], t1.to_arrays()["weights"])
+    with pytest.warns(DeprecationWarning, match="use codec"):
+        np.testing.assert_array_equal(b.tables().to_arrays()["weights"], t1.to_arrays()["weights"])
     q = b.quantiles.detach().double()[:, 0]
     np.testing.assert_array_equal(t1.to_arrays()["offsets"], np.floor((q[:, 0] - q[:, 1]).numpy()).astype(np.int64))
     assert t1.support == int((np.ceil((q[:, 2] - q[:, 1]).numpy()) - np.floor((q[:, 0] - q[:, 1]).numpy())).max()) + 1

@@ -142,7 +142,7 @@ def test_bottleneck_conforms(name: str) -> None:
     symbols = b.quantize_symbols(y)
     assert symbols.dtype == torch.int32
     assert (b.dequantize(symbols) - y).abs().max() <= 0.5 + 1e-5
-    codec = b.tables()
+    codec = b.codec()
     assert isinstance(codec, interfaces.EntropyCodec) and codec.num_channels == 4
     s = symbols[0].numpy()
     np.testing.assert_array_equal(codec.decode(codec.encode(s), s.shape), s)

@@ -206,7 +206,7 @@ def test_bottleneck_trains_and_its_tables_code_its_symbols(name: str) -> None:
         symbols = bottleneck.quantize_symbols(y)
         assert symbols.dtype == torch.int32
         assert float((bottleneck.dequantize(symbols) - y).abs().max()) <= 0.5 + 1e-5  # rounding, nothing more
-        codec = bottleneck.tables()
+        codec = bottleneck.codec()
     for image in symbols.numpy():
         payload = codec.encode(image)
         assert 0 < len(payload) < image.size * 4  # coded, and smaller than the raw int32 symbols

@@ -8,6 +8,7 @@ arXiv:1802.01436), appendix 6.1: the non-parametric cumulative density, with Com
 from __future__ import annotations
 
 import logging
+import warnings
 import math
 from typing import Sequence
 
@@ -43,7 +44,7 @@ class EntropyBottleneck(nn.Module):
 
     ``quantiles`` (C, 1, 3) are learned by :meth:`aux_loss` to sit where the cumulative is ``tail_mass / 2``,
     ``1/2`` and ``1 - tail_mass / 2``; the middle one is the median used for rounding, the outer ones bound the
-    integer support of :meth:`tables`. The auxiliary loss reaches only the quantiles (the density parameters are
+    integer support of :meth:`codec`'s tables. The auxiliary loss reaches only the quantiles (the density parameters are
     detached there), so the engine can train everything with one optimizer.
     """
 
@@ -178,8 +179,8 @@ class EntropyBottleneck(nn.Module):
                 logits = logits + np.tanh(_np64(self.factors[i])) * np.tanh(logits)
         return logits
 
-    def tables(self) -> FactorizedCodec:
-        """The entropy coder for this density: one integer table per channel over :meth:`support`.
+    def codec(self) -> FactorizedCodec:
+        """The entropy codec for this density: one integer table per channel over :meth:`support`.
 
         Derived in float64 numpy from the float32 parameters, so the same parameters give the same tables on a
         given platform; a bundle ships the resulting integer tables, so no other machine needs to re-derive them.
@@ -193,6 +194,11 @@ class EntropyBottleneck(nn.Module):
         pmf, offsets = self._pmf_grid()
         pmf = pmf / pmf.sum(axis=1, keepdims=True)
         return FactorizedCodec(pmf, offsets.astype(np.int32))
+
+    def tables(self) -> FactorizedCodec:
+        """Deprecated name of :meth:`codec` (the tables are the codec's data; the codec is what this returns)."""
+        warnings.warn("EntropyBottleneck.tables() is deprecated: use codec()", DeprecationWarning, stacklevel=2)
+        return self.codec()
 
 
 def _np64(p: torch.Tensor) -> np.ndarray:

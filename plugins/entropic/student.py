@@ -82,7 +82,7 @@ class SplitStudent(nn.Module):
     in fp16 instead of carrying a copy of the whole tail per beta.
 
     ``bottleneck`` names the registered ``bottleneck`` component built with ``channels=bottleneck_channels``
-    (default ``factorized``); it must offer ``quantize_symbols``, ``dequantize``, ``tables`` and ``aux_loss``.
+    (default ``factorized``); it must offer ``quantize_symbols``, ``dequantize``, ``codec`` and ``aux_loss``.
 
     ``latent_stride`` (default: the cut's stride) lets the symbols be coarser than the cut: the committed recipes
     cut after stage1 (stride 4, as the paper cuts ResNets after layer1, so the server keeps most of the teacher)
@@ -224,8 +224,8 @@ class SplitStudent(nn.Module):
         return self.decode_symbols(self.encode_symbols(x))
 
     def codec(self) -> FactorizedCodec:
-        """The entropy coder's tables for the symbols (see :meth:`EntropyBottleneck.tables`)."""
-        return self.bottleneck.tables()
+        """The entropy codec of the symbols (see :meth:`EntropyBottleneck.codec`)."""
+        return self.bottleneck.codec()
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the symbols for an input of ``height`` x ``width``."""

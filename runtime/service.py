@@ -344,7 +344,7 @@ class DecodeService:
         from starlette.responses import JSONResponse
 
         ready = self.ready()
-        body = {"status": "ok" if ready else "unavailable", **self.info(), "labels": len(self.decoder.labels),
+        body = {"status": "ok" if ready else "unavailable", **self.info(), "num_classes": len(self.decoder.labels),
                 "latent_shape": list(self.decoder.latent_shape)}
         return JSONResponse(body, status_code=200 if ready else 503)
 

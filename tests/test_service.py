@@ -109,7 +109,7 @@ def test_decode_statuses(decoder: ServerDecoder, payloads: list[bytes], other_sp
         health = client.get("/healthz")
         assert health.status_code == 200
         assert health.json()["fingerprint"] == decoder.fingerprint.hex() and health.json()["status"] == "ok"
-        assert "model" not in health.json() and health.json()["labels"] == 3
+        assert "model" not in health.json() and health.json()["num_classes"] == 3 and "labels" not in health.json()
 
         after = client.get("/metrics")
         assert after.headers["content-type"].startswith("text/plain")

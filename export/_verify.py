@@ -35,11 +35,13 @@ def parity_stage(plan: ExportPlan, art: Artifacts, bundle: Bundle, steps: Steps)
     for backend in plan.backends:
         with steps.step(f"parity {backend}"):
             sessions, figures = _measure(plan, art, bundle, backend, steps, failures)
-        for part in art.parts:
-            session = sessions.get(part) if sessions else None
-            rows.append(_row(plan, art, bundle, backend, part, session, figures))
-        for session in (sessions or {}).values():
-            session.close()
+        try:
+            for part in art.parts:
+                session = sessions.get(part) if sessions else None
+                rows.append(_row(plan, art, bundle, backend, part, session, figures))
+        finally:  # the staged bundle is renamed next: no session may keep its files open
+            for session in (sessions or {}).values():
+                session.close()
     return rows, failures
 
 
@@ -53,7 +55,12 @@ def _measure(plan: ExportPlan, art: Artifacts, bundle: Bundle, backend: str, ste
         steps.say(f"parity {backend}: not measured (the runtime cannot run TensorRT here: {exc})")
         return None, {}
     assert art.ref is not None
-    figures = measure(sessions, art.ref)
+    try:
+        figures = measure(sessions, art.ref)
+    except BaseException:
+        for session in sessions.values():
+            session.close()
+        raise
     bad = failed_checks(plan.precision, figures, plan.tolerances)
     failures += [f"{backend}: {b}" for b in bad]
     verdict = f"  FAILED: {'; '.join(bad)}" if bad else ""

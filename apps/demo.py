@@ -18,7 +18,7 @@ import yaml
 from edgesplit.data import IMAGE_EXTENSIONS
 from edgesplit.errors import ConfigError, DataError
 
-__all__ = ["register_cli", "run_demo", "run_codec_demo", "DEMO_FILE", "LABEL_NAMES_FILE"]
+__all__ = ["run_command", "run_demo", "run_codec_demo", "DEMO_FILE", "LABEL_NAMES_FILE"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_FILE = REPO / "samples" / "weights" / "demo.yaml"

@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from edgesplit._commands import RenamedFlag
+from edgesplit._arguments import RenamedFlag
 
 REPO = Path(__file__).resolve().parents[1]
 # 1 and 2 reach below WebP q5 (~800 B at 128 px), where the students are; AVIF and JPEG XL bottom out near 560 and

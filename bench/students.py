@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesplit._commands import RenamedFlag
+from edgesplit._arguments import RenamedFlag
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any, Iterator
 
-from edgesplit._commands import positive_int
+from edgesplit._arguments import positive_int
 
 __all__ = ["register_cli", "DEFAULT_BACKENDS"]
 

@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Any
 
-from edgesplit._commands import positive_int
+from edgesplit._arguments import positive_int
 from edgesplit.errors import BackendUnavailable, ConfigError
 
 from ._backend_names import BACKENDS

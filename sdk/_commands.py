@@ -9,35 +9,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from ._checks import positive_int as _positive_int
+from ._arguments import positive_int
 from .errors import ConfigError
 
 __all__ = ["register_cli"]
-
-
-def positive_int(value: str) -> int:
-    """argparse ``type=``: an integer >= 1 (the one check every count-like flag of the CLI uses)."""
-    try:
-        return _positive_int(int(value), "value")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from exc
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}") from exc
-
-
-class RenamedFlag(argparse.Action):
-    """A flag kept under its old name: stores into the new one and says once, on stderr, what to type instead."""
-
-    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
-        self.new = new
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        print(f"edgesplit: {option_string} is now {self.new} (the old name still works for now)", file=sys.stderr)
-        setattr(namespace, self.dest, values)
 
 
 def _int_list(value: str) -> list[int]:
@@ -63,9 +39,6 @@ def _is_bundle(target: Path) -> bool:
 def run_directory(out: str | Path, *, resume: bool = False) -> Path:
     """``out``, or when it already holds files (and this is not a resume) the first free ``out-2``, ``out-3``, ...,
     so a second run never mixes its files into the first one's."""
-    import logging
-    import sys
-
     import os
 
     path = Path(out)

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from ._commands import RenamedFlag, positive_int
+from ._arguments import RenamedFlag, positive_int
 from .errors import BackendUnavailable, ConfigError, EdgesplitError
 
 __all__ = ["main"]

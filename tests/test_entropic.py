@@ -14,7 +14,6 @@ from safetensors import safe_open  # noqa: E402
 
 from edgesplit import registry  # noqa: E402
 from edgesplit.codec import CODEC_ID, FactorizedCodec  # noqa: E402
-from edgesplit.config import load_train_config  # noqa: E402
 from edgesplit.errors import ConfigError, PluginError  # noqa: E402
 from edgesplit.plugins.backbones.resnet import resnet18  # noqa: E402
 from edgesplit.plugins.entropic import GDN, IGDN, EntropyBottleneck, SplitStudent, file_sha256  # noqa: E402

@@ -14,7 +14,6 @@ import numpy as np  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from edgesplit import registry  # noqa: E402
-from edgesplit.config import load_train_config  # noqa: E402
 from edgesplit.errors import ConfigError, PluginError  # noqa: E402
 from edgesplit.binary_net import RPReLU as LoweredRPReLU  # noqa: E402
 from edgesplit.plugins.quant import (  # noqa: E402

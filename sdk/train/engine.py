@@ -385,7 +385,6 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        cfg = self.cfg
         state_path = self.out / "state.safetensors"
         if not resume and state_path.exists():
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")

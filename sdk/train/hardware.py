@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -481,6 +481,7 @@ class BundleWriter:
         self._lock_fd = _lock(self.tmp)
         self.overwrite = overwrite
         self._committed = False
+        self._digests: dict[str, tuple[tuple[int, int], str]] = {}  # rel path -> ((size, mtime_ns), sha256)
 
     def __enter__(self) -> "BundleWriter":
         return self
@@ -502,8 +503,19 @@ class BundleWriter:
         return p
 
     def files(self) -> dict[str, str]:
-        return {p.relative_to(self.tmp).as_posix(): sha256_file(p) for p in sorted(self.tmp.rglob("*"))
-                if p.is_file() and p.name != MANIFEST}
+        """sha256 of every file written so far; a file unchanged since the last call (same size and mtime) is not
+        read again (the fingerprint, staging and commit each ask)."""
+        out = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if not p.is_file() or p.name == MANIFEST:
+                continue
+            rel, st = p.relative_to(self.tmp).as_posix(), p.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            known = self._digests.get(rel)
+            if known is None or known[0] != stamp:
+                known = self._digests[rel] = (stamp, sha256_file(p))
+            out[rel] = known[1]
+        return out
 
     def fingerprint(self) -> str:
         """8 bytes (hex) from the hashes of the graphs and tables: payloads carry it."""

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, ExportError
 from edgesplit.preprocess import Preprocess
 from edgesplit.registry import create
 from edgesplit.runtime.backends import BACKENDS
@@ -118,8 +118,6 @@ def binary_hook() -> Any:
 
 def _check_binary(name: str, layers: int, precision: str, split: bool) -> None:
     """Refuse what the binary path cannot export, before any slow step."""
-    from edgesplit.errors import ExportError
-
     if split:
         raise ExportError(f"{name}: split students with binary layers are not exported yet ({layers} binary layers "
                           "found); export a full binary student (student 'binary')")

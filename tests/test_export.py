@@ -684,19 +684,6 @@ def test_qdq_translation_comes_from_the_registered_hook() -> None:
     assert set(qdq.onnx_translations()) == {torch.ops.edgesplit.fake_quant.default}
 
 
-def test_export_modules_import_no_plugin_internals() -> None:
-    import ast
-
-    root = Path(__file__).resolve().parents[1] / "export"
-    found = []
-    for path in sorted(root.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
-                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-            found += [f"{path.name}: {n}" for n in names if n.startswith("edgesplit.plugins")]
-    assert found == []
-
-
 # -- the manifest as a typed object, and the codec through the registry -----------------------------------------------
 def test_manifest_round_trips_in_order_and_keeps_unknown_keys(fp32_bundle: Bundle) -> None:
     from edgesplit.bundle import Manifest

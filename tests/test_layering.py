@@ -15,7 +15,7 @@ FOLDERS = {"sdk/train": ("edgesplit.train", "train"), "sdk": ("edgesplit", "core
            "runtime": ("edgesplit.runtime", "runtime")}
 # what each part may import (DESIGN.md, "Import rules"); apps (apps/, bench/) may import anything and are not read
 ALLOWED = {"core": {"core"}, "runtime": {"core", "runtime"}, "plugins": {"core", "plugins"},
-           "train": {"core", "train"}, "export": {"core", "train", "plugins", "runtime", "export"}}
+           "train": {"core", "train"}, "export": {"core", "train", "runtime", "export"}}
 # core modules whose commands import train, export and runtime inside the command
 COMMAND_MODULES = {"edgesplit.cli", "edgesplit._commands"}
 

@@ -23,7 +23,8 @@ from edgesplit.preprocess import Preprocess, eval_crop
 from .checkpoint import load
 from .engine import to_input
 
-__all__ = ["INPUT_CODECS", "CODEC_OPTIONS", "compress_image", "select_indices", "evaluate_checkpoint", "file_fingerprint"]
+__all__ = ["INPUT_CODECS", "CODEC_OPTIONS", "compress_image", "select_indices", "evaluate_checkpoint", "file_fingerprint",
+           "logits_through_payloads"]
 
 INPUT_CODECS = ("jpeg", "webp", "avif", "jxl")
 
@@ -103,6 +104,16 @@ def _batches(dataset: ImageFolder, idx: np.ndarray, spec: Preprocess, batch_size
         yield np.stack(crops), np.asarray(labels), sizes
 
 
+def logits_through_payloads(model: Any, codec: Any, symbols: np.ndarray,
+                            fingerprint: bytes) -> tuple[torch.Tensor, list[int]]:
+    """A split student's logits for a batch of symbols sent the way a device sends them: each image's symbols
+    coded into one payload and decoded back from it; also each payload's size in bytes."""
+    payloads = [bitstream.encode_payload(codec, s, fingerprint=fingerprint) for s in symbols]
+    decoded = [bitstream.decode_payload(codec, p, fingerprint=fingerprint, shape=s.shape)
+               for p, s in zip(payloads, symbols)]
+    return model.decode_symbols(torch.from_numpy(np.stack(decoded))), [len(p) for p in payloads]
+
+
 @torch.no_grad()
 def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None = None, subset: str = "all",
                         input_codec: str | None = None, quality: int | None = None,
@@ -129,13 +140,9 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, limit: int | None
         x = to_input(xb, spec)
         if is_split:
             symbols = model.encode_symbols(x).numpy()  # type: ignore[operator]
-            decoded = []
-            for s in symbols:
-                payload = bitstream.encode_payload(codec, s, fingerprint=fingerprint)
-                payload_bytes.append(len(payload))
-                info_bits.append(codec.information_bits(s))
-                decoded.append(bitstream.decode_payload(codec, payload, fingerprint=fingerprint, shape=s.shape))
-            logits = model.decode_symbols(torch.from_numpy(np.stack(decoded)))  # type: ignore[operator]
+            logits, sizes_b = logits_through_payloads(model, codec, symbols, fingerprint)
+            payload_bytes.extend(sizes_b)
+            info_bits.extend(codec.information_bits(s) for s in symbols)
         else:
             logits = model(x)
         correct += int((logits.argmax(1).numpy() == yb).sum())

@@ -9,7 +9,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from edgesplit import bitstream
 from edgesplit._checks import positive_int
 from edgesplit.interfaces import SplitModel
 from edgesplit.labels import names_for
@@ -18,7 +17,7 @@ from edgesplit.preprocess import Preprocess, eval_crop
 
 from .checkpoint import load
 from .engine import to_input
-from .evaluate import file_fingerprint
+from .evaluate import file_fingerprint, logits_through_payloads
 
 __all__ = ["predict_checkpoint"]
 
@@ -46,12 +45,9 @@ def predict_checkpoint(path: str | Path, images: Sequence[Path], *, root: Path |
         x = to_input(np.stack([np.array(eval_crop(p, spec)) for p in chunk]), spec)
         sizes: list[int | None] = [None] * len(chunk)
         if split:
-            decoded = []
-            for i, sym in enumerate(model.encode_symbols(x).numpy()):  # type: ignore[operator]
-                payload = bitstream.encode_payload(codec, sym, fingerprint=fingerprint)
-                sizes[i] = len(payload)
-                decoded.append(bitstream.decode_payload(codec, payload, fingerprint=fingerprint, shape=sym.shape))
-            logits = model.decode_symbols(torch.from_numpy(np.stack(decoded)))  # type: ignore[operator]
+            symbols = model.encode_symbols(x).numpy()  # type: ignore[operator]
+            logits, coded = logits_through_payloads(model, codec, symbols, fingerprint)
+            sizes = list(coded)
         else:
             logits = model(x)
         probs = torch.softmax(logits.double(), dim=1).numpy()
